@@ -1,0 +1,39 @@
+"""`clinalign`: the one place that wires annotation, reward models and policy training together.
+
+Each module in `align/commands/` adds its commands to the apps in `align/cli_groups.py`; this file
+imports them all and turns clinalign's own errors into one clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+import sys
+
+import annotation  # noqa: F401  (offline defaults first)
+from align import commands
+from align.cli_groups import app
+from annotation.errors import ClinalignError
+
+
+def _load_commands() -> None:
+    for mod in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"align.commands.{mod.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    _load_commands()
+    try:
+        app(args=argv, standalone_mode=True)
+    except ClinalignError as exc:
+        from rich.console import Console
+
+        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        return 2
+    except SystemExit as exc:
+        return int(exc.code or 0) if not isinstance(exc.code, str) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,46 @@
+"""The feedback-store interface every backend implements (embedded SQLite, Argilla server)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from typing import Protocol, runtime_checkable
+
+from annotation.records import CandidatePair, Feedback
+
+
+@runtime_checkable
+class FeedbackStore(Protocol):
+    """Candidate pairs and clinicians' feedback on them.
+
+    Contract shared by all backends (and their shared tests):
+    - `add_pairs` is idempotent: pair ids are content hashes, a pair already stored is skipped.
+    - `add_feedback` stores at most one feedback per (pair_id, annotator_id); a repeat (a retried
+      request, a re-imported file) is skipped, never duplicated. Feedback for an unknown pair is an
+      error naming it. A batch is all-or-nothing where the backend allows it.
+    Both return how many records were new.
+    """
+
+    def add_pairs(self, pairs: Sequence[CandidatePair]) -> int: ...
+
+    def get_pair(self, pair_id: str) -> CandidatePair | None: ...
+
+    def iter_pairs(self) -> Iterator[CandidatePair]: ...
+
+    def add_feedback(self, items: Sequence[Feedback]) -> int: ...
+
+    def iter_feedback(self) -> Iterator[Feedback]: ...
+
+    def counts(self) -> dict[str, int]: ...
+
+    def close(self) -> None: ...
+
+
+def open_store(spec: str) -> FeedbackStore:
+    """Open a store from a spec: a path to a SQLite file (embedded) or `argilla:<dataset>`."""
+    if spec.startswith("argilla:"):
+        from annotation.argilla_store import ArgillaStore  # optional backend, needs a server
+
+        return ArgillaStore.from_env(dataset=spec.split(":", 1)[1])
+    from annotation.sqlite_store import SQLiteStore
+
+    return SQLiteStore(spec)

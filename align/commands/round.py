@@ -1,0 +1,31 @@
+"""`clinalign demo`: one full round of the loop on embedded defaults."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from align.cli_groups import app
+from align.progress import console
+
+
+def _run(config: str | None, overrides: dict) -> None:
+    from align.round import Round, summary_table
+    from align.round_config import RoundConfig
+
+    cfg = RoundConfig.load(config, overrides)
+    manifest = Round(cfg, config).run()
+    console.print(summary_table(manifest))
+    console.print(f"round manifest: [bold]{manifest}[/]")
+
+
+@app.command("demo")
+def demo_cmd(
+    config: Annotated[str, typer.Option(help="Round config YAML.")] = "configs/demo/round.yaml",
+    output_dir: Annotated[str | None, typer.Option(help="Where the round's artefacts go.")] = None,
+    policy_stage: Annotated[str | None, typer.Option(help="dpo (default) or ppo.")] = None,
+) -> None:
+    """One full round on CPU: MedQuAD/K-QA prompts → pairs → simulated feedback → reward model → DPO → eval."""
+    overrides = {k: v for k, v in {"output_dir": output_dir, "policy_stage": policy_stage}.items() if v}
+    _run(config, overrides)

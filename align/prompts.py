@@ -1,0 +1,56 @@
+"""Prompt sets: JSONL files or saved Hugging Face datasets, validated before any model loads."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotation.errors import InputError
+from annotation.jsonl import read_jsonl
+
+PROMPT_KEYS = ("prompt", "question")
+REFERENCE_KEYS = ("reference", "reference_answer", "physician_answer", "long_answer")
+
+
+@dataclass(frozen=True)
+class Prompt:
+    id: str
+    text: str
+    reference: str | None = None
+
+
+def _from_obj(obj: dict, *, path: str, line: int | None, index: int) -> Prompt:
+    where = {"path": path, "line": line} if line else {"path": path, "record": f"row {index}"}
+    key = next((k for k in PROMPT_KEYS if k in obj), None)
+    if key is None:
+        raise InputError(f"no prompt field (expected one of {', '.join(PROMPT_KEYS)})", **where)
+    text = obj[key]
+    if not isinstance(text, str):
+        raise InputError(f"field '{key}' must be a string, got {type(text).__name__}", **where)
+    if not text.strip():
+        raise InputError(f"field '{key}' is empty", **where)
+    ref = next((obj[k] for k in REFERENCE_KEYS if isinstance(obj.get(k), str) and obj[k].strip()), None)
+    pid = obj.get("id")
+    pid = str(pid) if pid is not None else "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
+    return Prompt(id=pid, text=text.strip(), reference=ref)
+
+
+def load_prompts(path: str, *, limit: int | None = None, offset: int = 0) -> list[Prompt]:
+    """Prompts from a JSONL file (`prompt` or `question`, optional `id` and reference answer) or a
+    folder saved with `datasets.save_to_disk`."""
+    p = Path(path)
+    if p.is_dir():
+        from datasets import load_from_disk
+
+        try:
+            ds = load_from_disk(str(p))
+        except Exception as exc:
+            raise InputError(f"not a saved dataset ({exc})", path=path) from None
+        prompts = [_from_obj(dict(r), path=path, line=None, index=i) for i, r in enumerate(ds)]
+    else:
+        prompts = [_from_obj(obj, path=path, line=ln, index=ln) for ln, obj in read_jsonl(path)]
+    if not prompts:
+        raise InputError("no prompts in file", path=path)
+    prompts = prompts[offset:]
+    return prompts[:limit] if limit else prompts

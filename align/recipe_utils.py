@@ -1,0 +1,76 @@
+"""Small pieces every training recipe shares: YAML + overrides parsing, threads, metrics, manifests."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from annotation.errors import ClinalignError, InputError
+
+
+def overrides_to_args(overrides: dict[str, Any] | None) -> list[str]:
+    args: list[str] = []
+    for key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if isinstance(value, (list, tuple)):
+            args += [f"--{key}", *map(str, value)]
+        else:
+            args += [f"--{key}", str(value)]
+    return args
+
+
+def parse_recipe_config(dataclass_types: tuple, config_path: str | None, overrides: dict[str, Any] | None,
+                        extra_args: list[str] | None = None) -> tuple:
+    """Parse a TRL-native YAML into the recipe's dataclasses (TrlParser), overrides applied after."""
+    from trl import TrlParser
+
+    args: list[str] = []
+    if config_path:
+        path = Path(config_path)
+        if not path.is_file():
+            raise InputError("config file not found", path=str(path))
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise InputError(f"invalid YAML: {exc}", path=str(path)) from None
+        if not isinstance(loaded, dict):
+            raise InputError("config must be a YAML mapping of argument names to values", path=str(path))
+        args += ["--config", str(path)]
+    args += overrides_to_args(overrides) + list(extra_args or [])
+    try:
+        return TrlParser(dataclass_types).parse_args_and_config(args=args)
+    except SystemExit as exc:  # argparse exits on unknown / ill-typed arguments
+        raise ClinalignError(f"bad arguments for {config_path or 'recipe'}: {args}") from exc
+    except ValueError as exc:
+        raise ClinalignError(f"{config_path}: {exc}") from None
+
+
+def set_threads(n: int | None) -> None:
+    import torch
+
+    n = n or int(os.environ.get("OMP_NUM_THREADS", 0) or 0) or None
+    if n:
+        torch.set_num_threads(n)
+
+
+def last_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
+    """The final training metrics TRL logged, plus the train summary."""
+    out: dict[str, float] = {}
+    for entry in log_history:
+        for key, value in entry.items():
+            if isinstance(value, (int, float)):
+                out[key] = float(value)
+    return out
+
+
+def model_ref(spec: str, resolved: str) -> dict[str, str]:
+    """A base model is identified by spec, path and its config's hash (weights may be 140 GB)."""
+    from annotation.manifest import file_sha256
+
+    cfg = Path(resolved) / "config.json"
+    return {"role": "base_model", "path": resolved, "spec": spec,
+            "sha256": file_sha256(cfg) if cfg.is_file() else ""}

@@ -28,10 +28,10 @@ def win_rate(candidate: SamplingSetting, baseline: SamplingSetting, prompts: Seq
     base = Generator(baseline, batch_size=batch_size).generate(texts, progress)
     r_cand = scorer.score(texts, cand)
     r_base = scorer.score(texts, base)
-    outcome = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(r_cand, r_base)]
+    outcome = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(r_cand, r_base, strict=True)]
     lo, hi = bootstrap_ci(outcome)
     return {"win_rate": float(np.mean(outcome)), "win_rate_ci95": [lo, hi], "n_prompts": len(texts),
             "mean_reward_candidate": float(np.mean(r_cand)), "mean_reward_baseline": float(np.mean(r_base)),
             "candidate": candidate.label, "baseline": baseline.label,
             "examples": [{"prompt": t, "candidate": c, "baseline": b, "reward_candidate": rc, "reward_baseline": rb}
-                         for t, c, b, rc, rb in list(zip(texts, cand, base, r_cand, r_base))[:5]]}
+                         for t, c, b, rc, rb in list(zip(texts, cand, base, r_cand, r_base, strict=True))[:5]]}

@@ -90,7 +90,7 @@ def make_pairs(prompts: Sequence[Prompt], side_a: SamplingSetting, side_b: Sampl
     responses_b = gen_b.generate(texts, progress)
     pairs, stats = [], PairStats()
     params = {"a": asdict(side_a), "b": asdict(side_b)}
-    for prompt, ra, rb in zip(prompts, responses_a, responses_b):
+    for prompt, ra, rb in zip(prompts, responses_a, responses_b, strict=True):
         if not ra.strip() or not rb.strip():
             stats.skipped_empty += 1
             continue

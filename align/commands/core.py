@@ -154,10 +154,10 @@ def winrate_cmd(
     out: str | None = None,
 ) -> None:
     """Reward-model win-rate of a policy (base + adapter) against a baseline on held-out prompts."""
+    from align.evaluate import win_rate
     from align.generate import SamplingSetting
     from align.prompts import load_prompts
     from reward_models.scoring import RewardScorer
-    from align.evaluate import win_rate
 
     items = load_prompts(prompts, limit=limit, offset=offset)
     cand = SamplingSetting(model, 0.0, max_new_tokens=max_new_tokens, adapter=adapter)

@@ -40,7 +40,7 @@ lint: setup
 	$(BIN)/ruff check align annotation reward_models tests benchmarks
 
 argilla-up: setup system
-	bash scripts/argilla-up
+	python3 scripts/argilla-up
 
 argilla-down:
 	bash scripts/argilla-down

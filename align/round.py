@@ -72,7 +72,7 @@ class Round:
                 made += stats.made
                 skipped += stats.skipped_identical + stats.skipped_empty
         store.close()
-        return {"pairs": made, "skipped": skipped, "store": str(self.out / "feedback.sqlite")}
+        return {"pairs": made, "skipped": skipped}
 
     def annotate(self) -> dict[str, Any]:
         store = SQLiteStore(self.out / "feedback.sqlite")
@@ -170,7 +170,7 @@ class Round:
         return self.write_manifest(time.perf_counter() - t0)
 
     def write_manifest(self, seconds: float) -> Path:
-        outputs = [ref(name, self.out / name) for name in ("preferences", "reward_model", "policy", "evaluation")
+        outputs = [ref(name, self.out / name) for name in ("feedback.sqlite", "preferences", "reward_model", "policy", "evaluation")
                    if (self.out / name).exists()]
         store = SQLiteStore(self.out / "feedback.sqlite")
         by_annotator: dict[str, int] = {}
@@ -199,7 +199,7 @@ def _flat_eval(evaluation: dict[str, Any]) -> dict[str, Any]:
 
 def summary_table(manifest_path: Path) -> Table:
     m = json.loads(Path(manifest_path).read_text())
-    table = Table(title=f"clinalign round '{m['name']}' — {manifest_path}", show_lines=False)
+    table = Table(title=f"clinalign round '{m['name']}' — {manifest_path}", show_lines=True)
     table.add_column("stage", style="bold")
     table.add_column("result")
     table.add_column("seconds", justify="right")
@@ -207,7 +207,7 @@ def summary_table(manifest_path: Path) -> Table:
         if not isinstance(stage, dict):
             continue
         shown = {k: v for k, v in stage.items() if k != "seconds"}
-        text = ", ".join(f"{k}={_fmt(v)}" for k, v in shown.items())
+        text = "\n".join(f"{k} = {_fmt(v)}" for k, v in shown.items())
         table.add_row(name, text, str(stage.get("seconds", "")))
     for out in m["outputs"]:
         table.add_row(f"→ {out['role']}", out["path"], "")

@@ -1,0 +1,236 @@
+"""Clinician accounts for the review app: a JSON users file holding salted scrypt hashes.
+
+File format (`users.json`; written atomically, mode 0600):
+  {"schema": "clinalign.review-users/1",
+   "users": {"dr_ada": {"hash": "scrypt$16384$8$1$<salt b64>$<hash b64>", "role": "clinician",
+                        "created_at": "..."}}}
+Roles: "clinician" (reviews) and "admin" (also sees votes per clinician and outlier voters).
+Passwords never travel through argv: the CLI reads them from an environment variable or a prompt.
+
+With the Argilla backend, `ArgillaAccounts` checks logins against the Argilla server's own users
+instead (`POST /api/v1/token`), so clinicians keep one account; Argilla owners/admins are admins here.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from annotation.errors import InputError
+from annotation.records import utc_now
+
+SCHEMA = "clinalign.review-users/1"
+ROLES = ("clinician", "admin")
+USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
+MIN_PASSWORD_LEN = 10
+# scrypt n=2^15, r=8, p=1: ~32 MiB and ~0.1 s per check here; slow enough to make guessing costly.
+DEFAULT_SCRYPT = (2**15, 8, 1)
+MAX_FAILURES = 5  # failed logins per user within LOCKOUT_S before further attempts are refused
+LOCKOUT_S = 300.0
+
+
+def hash_password(password: str, *, n: int = DEFAULT_SCRYPT[0], r: int = DEFAULT_SCRYPT[1],
+                  p: int = DEFAULT_SCRYPT[2]) -> str:
+    salt = secrets.token_bytes(16)
+    digest = hashlib.scrypt(password.encode("utf-8"), salt=salt, n=n, r=r, p=p, maxmem=_maxmem(n, r),
+                            dklen=32)
+    return "$".join(("scrypt", str(n), str(r), str(p), _b64(salt), _b64(digest)))
+
+
+def verify_password(password: str, encoded: str) -> bool:
+    try:
+        scheme, n, r, p, salt, digest = encoded.split("$")
+        if scheme != "scrypt":
+            return False
+        n_i, r_i, p_i = int(n), int(r), int(p)
+        expected = base64.b64decode(digest)
+        got = hashlib.scrypt(password.encode("utf-8"), salt=base64.b64decode(salt), n=n_i, r=r_i, p=p_i,
+                             maxmem=_maxmem(n_i, r_i), dklen=len(expected))
+    except (ValueError, TypeError):
+        return False
+    return hmac.compare_digest(got, expected)
+
+
+def _maxmem(n: int, r: int) -> int:
+    return 128 * r * n * 2 + (1 << 20)
+
+
+def _b64(raw: bytes) -> str:
+    return base64.b64encode(raw).decode("ascii")
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    role: str
+    password_hash: str
+
+
+class UserBook:
+    """The accounts in one users file, with a per-user lockout after repeated failed logins."""
+
+    def __init__(self, path: str | os.PathLike, accounts: dict[str, Account]):
+        self.path = Path(path)
+        self.accounts = accounts
+        self._failures: dict[str, list[float]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, *, must_exist: bool = True) -> UserBook:
+        path = Path(path)
+        if not path.exists():
+            if must_exist:
+                raise InputError("users file not found (create one with `clinalign review add-user`)",
+                                 path=str(path))
+            return cls(path, {})
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"not a valid users file: {exc}", path=str(path)) from None
+        if not isinstance(data, dict) or data.get("schema") != SCHEMA or not isinstance(data.get("users"), dict):
+            raise InputError(f"not a users file (expected schema {SCHEMA!r})", path=str(path))
+        accounts = {}
+        for name, entry in data["users"].items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("hash"), str):
+                raise InputError("user entry has no password hash", path=str(path), record=name)
+            role = entry.get("role", "clinician")
+            if role not in ROLES:
+                raise InputError(f"role must be one of {', '.join(ROLES)}, got {role!r}", path=str(path),
+                                 record=name)
+            accounts[name] = Account(name, role, entry["hash"])
+        return cls(path, accounts)
+
+    def role(self, username: str | None) -> str | None:
+        account = self.accounts.get(username or "")
+        return account.role if account else None
+
+    def check(self, username: str, password: str) -> bool:
+        """True when the password is right and the user is not locked out."""
+        if self.locked(username):
+            return False
+        account = self.accounts.get(username)
+        # Hash even for unknown users so that response time does not reveal which names exist.
+        ok = verify_password(password, account.password_hash if account else _DUMMY_HASH)
+        ok = ok and account is not None
+        if not ok:
+            self.fail(username)
+        return ok
+
+    def locked(self, username: str) -> bool:
+        now = time.monotonic()
+        with self._lock:
+            recent = [t for t in self._failures.get(username, []) if now - t < LOCKOUT_S]
+            self._failures[username] = recent
+            return len(recent) >= MAX_FAILURES
+
+    def fail(self, username: str) -> None:
+        with self._lock:
+            self._failures.setdefault(username, []).append(time.monotonic())
+
+    async def acheck(self, username: str, password: str) -> bool:
+        """Async form for Gradio: scrypt runs in a worker thread, never on the event loop."""
+        import asyncio
+
+        return await asyncio.to_thread(self.check, username, password)
+
+
+_DUMMY_HASH = "scrypt$32768$8$1$" + _b64(b"\0" * 16) + "$" + _b64(b"\0" * 32)
+
+
+def add_user(path: str | os.PathLike, username: str, password: str, *, role: str = "clinician",
+             replace: bool = False, scrypt_n: int = DEFAULT_SCRYPT[0]) -> bool:
+    """Add (or with replace=True, reset) a user; returns True when the user is new."""
+    if not USERNAME_RE.match(username or ""):
+        raise InputError("user name must be 2-64 characters: letters, digits, _ . @ - (not first)",
+                         record=repr(username))
+    if username.startswith("simulated"):
+        raise InputError("user names starting with 'simulated' are reserved", record=username)
+    if role not in ROLES:
+        raise InputError(f"role must be one of {', '.join(ROLES)}", record=username)
+    if len(password) < MIN_PASSWORD_LEN:
+        raise InputError(f"password must be at least {MIN_PASSWORD_LEN} characters", record=username)
+    path = Path(path)
+    data = {"schema": SCHEMA, "users": {}}
+    if path.exists():
+        UserBook.load(path)  # validates the existing file before we rewrite it
+        data = json.loads(path.read_text(encoding="utf-8"))
+    is_new = username not in data["users"]
+    if not is_new and not replace:
+        raise InputError("user already exists (pass --replace to reset the password)", path=str(path),
+                         record=username)
+    data["users"][username] = {"hash": hash_password(password, n=scrypt_n), "role": role,
+                               "created_at": utc_now()}
+    _write_private(path, data)
+    return is_new
+
+
+def _write_private(path: Path, data: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(fd, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, indent=2)
+            fh.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class ArgillaAccounts:
+    """Logins checked against an Argilla server's users (same interface as UserBook)."""
+
+    def __init__(self, api_url: str, *, timeout: float = 15.0):
+        self.api_url = api_url.rstrip("/")
+        self.timeout = timeout
+        self._roles: dict[str, str] = {}
+        self._guard = UserBook(Path("argilla-users"), {})  # reuses its lockout bookkeeping only
+
+    @classmethod
+    def from_env(cls) -> ArgillaAccounts:
+        url = os.environ.get("ARGILLA_API_URL", "").strip()
+        if not url:
+            raise InputError("ARGILLA_API_URL is not set (needed for --users argilla)")
+        return cls(url)
+
+    @property
+    def accounts(self) -> dict[str, str]:
+        return dict(self._roles)  # users seen so far (the server holds the full list)
+
+    def role(self, username: str | None) -> str | None:
+        return self._roles.get(username or "")
+
+    def check(self, username: str, password: str) -> bool:
+        import httpx
+
+        if self._guard.locked(username):
+            return False
+        try:
+            with httpx.Client(base_url=self.api_url, timeout=self.timeout) as http:
+                r = http.post("/api/v1/token", data={"username": username, "password": password})
+                if r.status_code not in (200, 201):
+                    self._guard.fail(username)
+                    return False
+                me = http.get("/api/v1/me", headers={"Authorization": f"Bearer {r.json()['access_token']}"})
+                me.raise_for_status()
+        except (httpx.HTTPError, KeyError, ValueError):
+            return False  # server down or odd answer: refuse rather than let anyone in
+        server_role = me.json().get("role", "annotator")
+        self._roles[username] = "admin" if server_role in ("owner", "admin") else "clinician"
+        return True
+
+    async def acheck(self, username: str, password: str) -> bool:
+        import asyncio
+
+        return await asyncio.to_thread(self.check, username, password)

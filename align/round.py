@@ -86,7 +86,7 @@ class Round:
     def export(self) -> dict[str, Any]:
         report = export_preferences(str(self.out / "feedback.sqlite"), self.out / "preferences",
                                     include_simulated=True, include_seeds=self.cfg.include_seeds,
-                                    phi_mode=self.cfg.phi_mode)
+                                    phi_mode=self.cfg.phi_mode_export)
         return {"path": str(self.out / "preferences"), "rows": report["rows"],
                 "rows_by_source": report["rows_by_source"]}
 

@@ -27,7 +27,8 @@ class RoundConfig:
     batch_size: int = 8
     seed: int = 0
     include_seeds: bool = True
-    phi_mode: str = "block"
+    phi_mode: str = "withhold"  # PHI gate on generated pairs: block | redact | withhold
+    phi_mode_export: str = "block"  # PHI gate on the exported training rows
     reward_config: str = "configs/demo/reward.yaml"
     reward_overrides: dict[str, Any] = field(default_factory=dict)
     policy_stage: str = "dpo"  # dpo | ppo

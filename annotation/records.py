@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 PREFERENCES = ("a", "b", "tie", "both_bad")
+# All 1-5. accuracy and completeness: higher is better; harm: higher is WORSE (1 = no risk of harm,
+# 5 = severe harm), as the Argilla rubric, the review app and the reward heads read it.
 RATING_KEYS = ("accuracy", "harm", "completeness")
 RATING_RANGE = (1, 5)
 STRENGTH_RANGE = (1, 3)

@@ -75,7 +75,8 @@ class RewardScorer:
         from reward_models.backbones import check_reward_model, resolve_backbone
 
         self.device = torch.device(device)
-        path = resolve_backbone(model_path) if model is None else model_path
+        from_disk = model is None
+        path = resolve_backbone(model_path) if from_disk else model_path
         if model is None and not allow_untrained:
             check_reward_model(path)
         self.tokenizer = tokenizer or AutoTokenizer.from_pretrained(path)
@@ -97,7 +98,7 @@ class RewardScorer:
         self.model = model.to(self.device).eval()
         self.model.config.pad_token_id = self.tokenizer.pad_token_id
         self.heads = None  # (RatingHead, MultiObjectiveSpec) for a clinical multi-objective model
-        if model is None and (Path(path) / "multi_objective.json").is_file():
+        if from_disk and (Path(path) / "multi_objective.json").is_file():
             from reward_models.multi_objective import load_head
 
             self.heads = load_head(path, self.model)

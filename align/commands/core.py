@@ -32,7 +32,8 @@ def generate_cmd(
     offset: int = 0,
     seed: int = 0,
     source: Annotated[str | None, typer.Option(help="Name of the prompt set (default: file stem).")] = None,
-    phi_mode: Annotated[str, typer.Option(help="PHI gate: block | redact.")] = "block",
+    phi_mode: Annotated[str, typer.Option(help="PHI gate: block (refuse the batch) | redact | withhold "
+                                          "(store only the clean pairs).")] = "block",
     out: Annotated[str | None, typer.Option(help="Also write the pairs to this JSONL.")] = None,
 ) -> None:
     """Generate candidate pairs for prompts (two responses each) into the feedback store."""

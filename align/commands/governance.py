@@ -38,7 +38,7 @@ def _load_records(path: Path) -> tuple[list[dict], list[int]]:
 def phi_scan(
     file: Annotated[Path, typer.Argument(help="JSONL file (pairs, preference rows, prompts, notes), or a "
                                          "preference dataset folder (its preferences.jsonl).")],
-    mode: Annotated[str, typer.Option(help="block: refuse and list offending records; redact: placeholders.")]
+    mode: Annotated[str, typer.Option(help="block: refuse and list offending records; redact: placeholders; withhold: write only clean records.")]
     = "block",
     fields: Annotated[list[str] | None, typer.Option("--fields", help="Fields to scan (repeatable); default: "
                                                      "the usual text fields present in the file.")] = None,

@@ -133,3 +133,20 @@ def test_cli_scan_rejects_unknown_field(tmp_path, capsys):
     src.write_text(json.dumps({"id": "x", "prompt": "hello"}) + "\n")
     assert main(["phi", "scan", str(src), "--fields", "nope", "--audit", str(tmp_path / "a.jsonl")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_withhold_mode_passes_only_clean_records(tmp_path):
+    """Generated pairs: a flagged record is withheld (and audited), the clean ones go on."""
+    import json as _json
+
+    from annotation.phi import PhiGate
+
+    records = [{"id": "clean", "text": "Metformin is a first-line treatment for type 2 diabetes."},
+               {"id": "dirty", "text": "Patient John Smitherson, MRN 4482913, was seen on 03/14/2024."}]
+    audit = tmp_path / "audit.jsonl"
+    report = PhiGate(mode="withhold", audit_path=audit).check_records(records, fields=["text"])
+    assert [r["id"] for r in report.records] == ["clean"]
+    assert report.flagged_ids == ["dirty"]
+    logged = [_json.loads(x) for x in audit.read_text().splitlines()]
+    assert {e["decision"] for e in logged if e["record_id"] == "dirty"} == {"withheld"}
+    assert "Smitherson" not in audit.read_text() and "4482913" not in audit.read_text()

@@ -5,9 +5,11 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from align.cli_groups import app
-from align.progress import console
+
+out = Console()  # the summary is the command's result: stdout (progress and logs go to stderr)
 
 
 def _run(config: str | None, overrides: dict) -> None:
@@ -16,8 +18,8 @@ def _run(config: str | None, overrides: dict) -> None:
 
     cfg = RoundConfig.load(config, overrides)
     manifest = Round(cfg, config).run()
-    console.print(summary_table(manifest))
-    console.print(f"round manifest: [bold]{manifest}[/]")
+    out.print(summary_table(manifest))
+    out.print(f"round manifest: [bold]{manifest}[/]")
 
 
 @app.command("demo")

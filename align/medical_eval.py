@@ -39,9 +39,9 @@ class Item:
 
 
 def default_data_path() -> Path:
-    """The copy shipped in the repo, else the team's shared snapshot."""
+    """The copy shipped in the repo (data/pubmedqa), found from the package or the working folder."""
     repo = Path(__file__).resolve().parents[1] / "data" / "pubmedqa" / DATA_NAME
-    for candidate in (repo, Path("data/pubmedqa") / DATA_NAME, Path("/work/shared/data") / DATA_NAME):
+    for candidate in (repo, Path("data/pubmedqa") / DATA_NAME):
         if candidate.is_file():
             return candidate
     raise ClinalignError(f"PubMedQA data not found (looked for {repo}); pass --data PATH")

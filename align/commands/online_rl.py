@@ -1,0 +1,44 @@
+"""Online RL commands: `clinalign ppo` (clinalign's own trainer), `clinalign grpo` / `rloo` (TRL's).
+
+Each takes a TRL-style YAML; extra `--key value` pairs override it, e.g.
+    clinalign ppo --config configs/demo/ppo.yaml --max_steps 2 --output_dir runs/ppo-try
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from align.cli_groups import app
+from align.progress import console
+
+EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+Config = Annotated[str, typer.Option(help="YAML whose keys are the config dataclass fields (TRL style).")]
+
+
+@app.command("ppo", context_settings=EXTRA)
+def ppo_cmd(ctx: typer.Context, config: Config) -> None:
+    """PPO against the clinicians' reward model (LoRA policy, reference = adapter off). Resumable."""
+    from align.ppo.ppo_trainer import train_from_yaml
+
+    out = train_from_yaml(config, extra_args=list(ctx.args))
+    console.print(f"PPO policy, value head, metrics and reward/KL curves written to {out}")
+
+
+@app.command("grpo", context_settings=EXTRA)
+def grpo_cmd(ctx: typer.Context, config: Config) -> None:
+    """GRPO (TRL GRPOTrainer) with the same reward model and config conventions as `clinalign ppo`."""
+    from align.online_rl import train_from_yaml
+
+    out = train_from_yaml("grpo", config, extra_args=list(ctx.args))
+    console.print(f"GRPO policy and metrics written to {out}")
+
+
+@app.command("rloo", context_settings=EXTRA)
+def rloo_cmd(ctx: typer.Context, config: Config) -> None:
+    """RLOO (TRL RLOOTrainer) with the same reward model and config conventions as `clinalign ppo`."""
+    from align.online_rl import train_from_yaml
+
+    out = train_from_yaml("rloo", config, extra_args=list(ctx.args))
+    console.print(f"RLOO policy and metrics written to {out}")

@@ -1,0 +1,163 @@
+"""`PPOConfig`: TrainingArguments fields people know, plus the PPO knobs (TRL's old names kept).
+
+Batch vocabulary (the same as TRL's removed PPOTrainer, per process):
+  micro batch       = per_device_train_batch_size                 (one forward/backward)
+  mini batch        = micro batch * gradient_accumulation_steps    (one optimizer step)
+  rollout batch     = mini batch * num_mini_batches                (prompts generated per update)
+An *update* (a "step" in logs, checkpoints and `max_steps`) is one rollout batch followed by
+`num_ppo_epochs` passes over its mini batches.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+from transformers import TrainingArguments
+
+from annotation.errors import ClinalignError
+
+
+@dataclass
+class OnlineRLScriptArguments:
+    """Data and reward fields every clinalign online-RL workflow (PPO, GRPO, RLOO) shares, same names."""
+
+    prompts_path: str = field(default="data/medquad/medquad_prompts_500.jsonl", metadata={
+        "help": "Prompts: JSONL (prompt|question [, id]) or a saved datasets folder."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N prompts."})
+    max_prompt_length: int | None = field(default=None, metadata={
+        "help": "Longest chat-formatted prompt in policy tokens; longer prompts are an error "
+                "(default: the model's context minus the response length)."})
+    reward_model_path: str | None = field(default=None, metadata={
+        "help": "Sequence-classification reward model: a folder from `clinalign reward train`, or builtin:*."})
+    allow_untrained_reward: bool = field(default=False, metadata={
+        "help": "Accept a reward backbone with an untrained head (e.g. builtin:minilm-l6): smoke runs only."})
+    reward_function: str | None = field(default=None, metadata={
+        "help": "Instead of a reward model: 'package.module:function' taking (prompts, responses) -> floats."})
+    reward_max_length: int | None = field(default=None, metadata={
+        "help": "Reward-model truncation length (default: the one saved with the reward model)."})
+    num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: OMP_NUM_THREADS)."})
+
+
+@dataclass
+class PolicyModelArguments:
+    """The policy fields, named as in `trl.ModelConfig` (which GRPO/RLOO configs use directly)."""
+
+    model_name_or_path: str = field(default="builtin:smollm2-135m-instruct",
+                                    metadata={"help": "Policy: a builtin:* spec or a local HF folder."})
+    dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 for the weights."})
+    use_peft: bool = field(default=True, metadata={"help": "LoRA on the policy (reference = adapter off)."})
+    lora_r: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] = field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        metadata={"help": "Module names LoRA wraps (LLaMA-family names by default)."})
+
+
+@dataclass
+class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments):
+    """Configuration of clinalign's PPO trainer. YAML files are parsed into it with `trl.TrlParser`."""
+
+    # TrainingArguments overrides: CPU-friendly defaults (TRL's configs default to bf16).
+    output_dir: str | None = field(default="runs/ppo")
+    learning_rate: float = field(default=1e-5)
+    per_device_train_batch_size: int = field(default=4)
+    logging_steps: float = field(default=1)
+    save_steps: float = field(default=10)
+    bf16: bool = field(default=False)
+
+    # Episodes and batches.
+    total_episodes: int | None = field(default=None, metadata={
+        "help": "Prompts to roll out in total (all processes); default num_train_epochs * len(prompts). "
+                "max_steps > 0 overrides it."})
+    num_mini_batches: int = field(default=1, metadata={"help": "Mini batches per rollout batch."})
+    rollout_batch_size: int | None = field(default=None, metadata={
+        "help": "Optional check: prompts per rollout per process; must equal "
+                "per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches."})
+    local_rollout_forward_batch_size: int = field(default=16, metadata={
+        "help": "Batch size of the no-grad passes (generation, reference, values, reward)."})
+    num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
+
+    # Generation.
+    response_length: int = field(default=64, metadata={"help": "Max new tokens per response."})
+    temperature: float = field(default=0.7)
+    top_p: float = field(default=1.0)
+    missing_eos_penalty: float | None = field(default=None, metadata={
+        "help": "Subtracted from the score of a response that ends without EOS."})
+    length_penalty: float = field(default=0.0, metadata={
+        "help": "Subtracted from the score, times the response's length / response_length."})
+
+    # PPO objective.
+    kl_coef: float = field(default=0.05, metadata={"help": "Initial coefficient of the per-token KL penalty."})
+    kl_estimator: Literal["k1", "k3"] = field(default="k1")
+    adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl (Ziegler 2019)."})
+    target_kl: float = field(default=6.0, metadata={"help": "Target KL (nats per sequence) when adaptive."})
+    kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive controller."})
+    cliprange: float = 0.2
+    cliprange_value: float = 0.2
+    vf_coef: float = 0.1
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_rewards: bool = False
+    whiten_advantages: bool = True
+
+    ds3_gather_for_generation: bool = field(default=True, metadata={
+        "help": "ZeRO-3: gather the full policy for generation (fast; needs the whole model on one GPU). "
+                "False generates through the sharded weights (slow, fits 70B)."})
+
+    # Critic.
+    critic: Literal["value_head", "critic_model"] = field(default="value_head", metadata={
+        "help": "value_head: a linear head on the policy's last hidden state (no extra model); "
+                "critic_model: a separate small backbone + head (critic_model_path)."})
+    critic_model_path: str | None = field(default=None, metadata={
+        "help": "Backbone of the separate critic; must share the policy's tokenizer (default: the policy)."})
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.check_batches()
+
+    # Derived sizes ---------------------------------------------------------------------------
+    @property
+    def mini_batch_size(self) -> int:
+        return self.per_device_train_batch_size * self.gradient_accumulation_steps
+
+    @property
+    def local_batch_size(self) -> int:
+        return self.mini_batch_size * self.num_mini_batches
+
+    def check_batches(self) -> None:
+        """Batch sizes that don't fit together are an error before anything loads."""
+        for name in ("per_device_train_batch_size", "gradient_accumulation_steps", "num_mini_batches",
+                     "num_ppo_epochs", "response_length", "local_rollout_forward_batch_size"):
+            if getattr(self, name) < 1:
+                raise ClinalignError(f"PPOConfig.{name} must be >= 1 (got {getattr(self, name)})")
+        if self.rollout_batch_size is not None and self.rollout_batch_size != self.local_batch_size:
+            raise ClinalignError(
+                f"rollout_batch_size={self.rollout_batch_size} does not divide into num_mini_batches="
+                f"{self.num_mini_batches} mini batches of per_device_train_batch_size="
+                f"{self.per_device_train_batch_size} x gradient_accumulation_steps="
+                f"{self.gradient_accumulation_steps} (= {self.local_batch_size}); fix one of them")
+        if self.temperature <= 0:
+            raise ClinalignError("temperature must be > 0 (PPO needs sampled responses)")
+        if not 0 < self.cliprange < 1:
+            raise ClinalignError(f"cliprange must be in (0, 1), got {self.cliprange}")
+        if self.adaptive_kl and self.target_kl <= 0:
+            raise ClinalignError("target_kl must be > 0 when adaptive_kl is on")
+
+    def num_updates(self, n_prompts: int, world_size: int) -> int:
+        """Rollout batches to run: max_steps if set, else total_episodes / global batch."""
+        if self.max_steps and self.max_steps > 0:
+            return int(self.max_steps)
+        episodes = self.total_episodes or int(self.num_train_epochs * n_prompts)
+        return max(1, math.ceil(episodes / (self.local_batch_size * world_size)))
+
+
+def parse_ppo_config(config_path: str | None, overrides: dict | None = None,
+                     extra_args: list[str] | None = None) -> PPOConfig:
+    """YAML (keys = PPOConfig fields, TRL's `env:` block allowed) + overrides, via trl.TrlParser."""
+    from align.recipe_utils import parse_recipe_config
+
+    (args,) = parse_recipe_config((PPOConfig,), config_path, overrides, extra_args)
+    return args

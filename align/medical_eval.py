@@ -113,14 +113,9 @@ def _encode(tokenizer, text: str) -> list[int]:
 
 
 def _left_pad(seqs: Sequence[list[int]], pad_id: int, device) -> dict[str, Any]:
-    import torch
+    from align.batching import left_pad
 
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
+    ids, mask = left_pad(seqs, pad_id)
     # Positions count real tokens only, so left padding does not shift them.
     positions = (mask.cumsum(-1) - 1).clamp(min=0)
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "position_ids": positions.to(device)}

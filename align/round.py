@@ -60,19 +60,20 @@ class Round:
         side_b = SamplingSetting(c.policy, c.temperature_b, max_new_tokens=c.max_new_tokens, seed=c.seed + 1)
         sets = [(s, load_prompts(s["path"], limit=s.get("limit"), offset=s.get("offset", 0))) for s in c.prompt_sets]
         total = sum(len(p) for _, p in sets)
-        made, skipped = 0, 0
+        made, skipped, withheld = 0, 0, 0
         store = SQLiteStore(self.out / "feedback.sqlite")
         with progress_bar("generating pairs", total=2 * total) as advance:
             for spec, prompts in sets:
                 self.inputs.append(ref(f"prompts:{spec['name']}", spec["path"]))
                 pairs, stats = make_pairs(prompts, side_a, side_b, batch_size=c.batch_size,
                                           source=f"generated:{spec['name']}", progress=advance)
-                pairs = gate_pairs(pairs, mode=c.phi_mode, audit_dir=self.out)
-                store.add_pairs(pairs)
-                made += stats.made
+                kept = gate_pairs(pairs, mode=c.phi_mode, audit_dir=self.out)
+                store.add_pairs(kept)
+                made += len(kept)
+                withheld += len(pairs) - len(kept)
                 skipped += stats.skipped_identical + stats.skipped_empty
         store.close()
-        return {"pairs": made, "skipped": skipped}
+        return {"pairs": made, "skipped_identical_or_empty": skipped, "withheld_by_phi_gate": withheld}
 
     def annotate(self) -> dict[str, Any]:
         store = SQLiteStore(self.out / "feedback.sqlite")
@@ -102,19 +103,18 @@ class Round:
 
     def policy(self) -> dict[str, Any]:
         c = self.cfg
-        overrides = {"dataset_path": str(self.out / "preferences"), "output_dir": str(self.out / "policy"),
-                     "model_name_or_path": c.policy, **c.policy_overrides}
+        common = {"output_dir": str(self.out / "policy"), "model_name_or_path": c.policy}
         if c.policy_stage == "dpo":
             from align.dpo import train_from_yaml
 
-            out = train_from_yaml(c.dpo_config, overrides)
+            out = train_from_yaml(c.dpo_config, {**common, "dataset_path": str(self.out / "preferences"),
+                                                 **c.dpo_overrides})
             self.inputs.append(ref("config:dpo", c.dpo_config))
         else:
             from align.ppo import train_from_yaml as ppo_train
 
-            overrides.pop("dataset_path")
-            overrides["reward_model_path"] = str(self.out / "reward_model")
-            out = ppo_train(c.ppo_config, overrides)
+            out = ppo_train(c.ppo_config, {**common, "reward_model_path": str(self.out / "reward_model"),
+                                           **c.ppo_overrides})
             self.inputs.append(ref("config:ppo", c.ppo_config))
         metrics = read_manifest(out).get("metrics", {})
         keep = ("train_loss", "rewards/accuracies", "rewards/margins", "objective/kl", "reward_mean")

@@ -34,7 +34,8 @@ class RoundConfig:
     policy_stage: str = "dpo"  # dpo | ppo
     dpo_config: str = "configs/demo/dpo.yaml"
     ppo_config: str = "configs/demo/ppo.yaml"
-    policy_overrides: dict[str, Any] = field(default_factory=dict)
+    dpo_overrides: dict[str, Any] = field(default_factory=dict)
+    ppo_overrides: dict[str, Any] = field(default_factory=dict)
     pubmedqa_limit: int = 50
     num_threads: int | None = None
 

@@ -38,10 +38,10 @@ def vowel_reward(prompts, responses):
 
 # ------------------------------------------------------------------------------------------ LoRA reference
 def test_lora_reference_is_the_base_model(tmp_path):
+    from align.batching import left_pad
     from align.models import load_causal_lm
     from align.ppo.policy import position_ids_for, reference_mode
     from align.ppo.ppo_trainer import PPOTrainer
-    from align.ppo.rollout import left_pad
 
     tr = PPOTrainer(tiny_args(tmp_path), reward_fn=vowel_reward, prompts=PROMPTS)
     assert tr.reference is None  # no second copy of the weights
@@ -109,10 +109,10 @@ def test_mean_reward_rises_while_kl_stays_bounded(tmp_path):
     tokens defined by the embedding geometry is both sampled from the start and reachable by LoRA.
     Sampling at temperature 0.1 makes the small logit changes of a LoRA on a random model matter.
     """
+    from align.batching import left_pad
     from align.models import load_tokenizer
     from align.ppo.policy import reference_mode
     from align.ppo.ppo_trainer import PPOTrainer
-    from align.ppo.rollout import left_pad
 
     tok = load_tokenizer(TINY)
     args = tiny_args(tmp_path, per_device_train_batch_size=8, num_mini_batches=2, max_steps=12,

@@ -37,6 +37,7 @@ def test_tiny_round_leaves_a_real_manifest(tmp_path):
 
     stages = m["metrics"]
     assert stages["1 generate candidate pairs"]["pairs"] > 0
+    assert "withheld_by_phi_gate" in stages["1 generate candidate pairs"]
     assert stages["3 export preference dataset"]["rows"] > 0
     ev = stages["6 evaluation"]
     assert 0.0 <= ev["win_rate"] <= 1.0 and ev["n_prompts"] == 4
@@ -52,3 +53,19 @@ def test_tiny_round_leaves_a_real_manifest(tmp_path):
     assert prefs["kind"] == "preference_dataset"
     rows = [json.loads(x) for x in (out / "preferences" / "preferences.jsonl").read_text().splitlines()]
     assert all(r["source"].startswith(("simulated:", "seed:")) for r in rows)
+
+
+@pytest.mark.slow
+def test_tiny_round_with_ppo_as_the_online_stage(tmp_path):
+    out = tmp_path / "round"
+    env = os.environ | {"OMP_NUM_THREADS": "2", "COLUMNS": "220"}
+    res = subprocess.run([CLI, "demo", "--config", "configs/demo/round_tiny.yaml", "--output-dir", str(out),
+                          "--policy-stage", "ppo"], cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-4000:]
+    m = json.loads((out / "manifest.json").read_text())
+    stage = m["metrics"]["5 policy (ppo)"]
+    assert stage["stage"] == "ppo" and "reward_mean" in stage
+    assert "config:ppo" in {i["role"] for i in m["inputs"]}
+    policy = json.loads((out / "policy" / "clinalign_manifest.json").read_text())
+    assert policy["kind"].startswith("policy")
+    assert (out / "evaluation" / "evaluation.json").is_file()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from align.batching import left_pad
 from align.ppo.gae import compute_gae, explained_variance, masked_mean, masked_whiten
 from align.ppo.kl_controller import make_kl_controller
 from align.ppo.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves
@@ -37,7 +38,6 @@ from align.ppo.rollout import (
     apply_penalties,
     decode_responses,
     generate,
-    left_pad,
     make_reward_source,
     preflight_reward,
 )

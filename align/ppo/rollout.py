@@ -100,16 +100,6 @@ class RolloutBatch:
         return torch.cat([self.query_mask, self.response_mask], dim=1)
 
 
-def left_pad(seqs: list[list[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    width = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), width), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, width - len(s):] = torch.tensor(s, dtype=torch.long)
-        mask[i, width - len(s):] = 1
-    return ids, mask
-
-
 def truncate_after_eos(response: torch.Tensor, eos_ids: set[int], pad_id: int):
     """Mask = tokens up to and including the first EOS; later tokens become padding."""
     is_eos = torch.zeros_like(response, dtype=torch.bool)

@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from annotation.atomic import atomic_dir
 from annotation.errors import InputError
 from annotation.jsonl import read_jsonl
 
@@ -93,18 +92,11 @@ def save_preference_dataset(rows: list[dict[str, Any]], out_dir: str | os.PathLi
         raise InputError("output already exists (pass --overwrite to replace it)", path=str(out_dir))
     if not rows:
         raise InputError("no preference pairs to write: every pair was a tie, both-bad or unannotated")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".{out_dir.name}."))
-    try:
+    with atomic_dir(out_dir) as tmp:
         Dataset.from_list([{k: r.get(k, DEFAULTS.get(k)) for k in COLUMNS} for r in rows]).save_to_disk(str(tmp))
         with open(tmp / "preferences.jsonl", "w", encoding="utf-8") as fh:
             for r in rows:
                 fh.write(json.dumps(r, ensure_ascii=False) + "\n")
         for name, obj in (extra_files or {}).items():
             (tmp / name).write_text(json.dumps(obj, indent=2, ensure_ascii=False, default=str) + "\n")
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out_dir

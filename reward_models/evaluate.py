@@ -9,15 +9,12 @@ turns the same dict into Markdown + a reliability PNG.
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from annotation.atomic import write_json_atomic
 from annotation.errors import InputError
 from annotation.jsonl import read_jsonl
 from reward_models import metrics as M
@@ -103,21 +100,6 @@ def evaluate_rated(scorer, path: str, *, limit: int | None = None, n_boot: int =
     return {"path": str(path), "fields": used,
             **M.rating_agreement(scores, [i["rating"] for i in items], [i["group"] for i in items],
                                  n_boot=n_boot, seed=seed)}
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(obj, fh, indent=2, ensure_ascii=False, default=str)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def evaluate_reward_model(model_dir: str, dataset: str, out_path: str | None = None, *, limit: int | None = None,

@@ -9,8 +9,6 @@ length, and whether it agrees with graded expert ratings.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -89,18 +87,11 @@ def render_markdown(r: dict) -> str:
 
 def write_report(result: dict, out_dir: str | os.PathLike) -> Path:
     """Write report.json, report.md and reliability.png into `out_dir` (replaced atomically)."""
-    from reward_models.evaluate import write_json_atomic
+    from annotation.atomic import atomic_dir, write_json_atomic
 
     out = Path(out_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
-    try:
+    with atomic_dir(out) as tmp:
         write_json_atomic(tmp / "report.json", result)
         (tmp / "report.md").write_text(render_markdown(result), encoding="utf-8")
         plot_reliability(result["calibration"], tmp / "reliability.png")
-        if out.exists():
-            shutil.rmtree(out)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return out

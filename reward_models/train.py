@@ -17,12 +17,12 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from annotation.atomic import swap_into_place, temp_dir_beside
 from annotation.errors import ClinalignError, InputError
 from annotation.manifest import build_manifest, path_sha256, ref, write_manifest
 from reward_models.backbones import MINILM, resolve_backbone
@@ -233,16 +233,10 @@ def _load_backbone(model_args, train_args):
 
 
 def _place(tmp: Path, out: Path, overwrite: bool) -> None:
-    """Rename the finished folder into place; an old one is removed only after the swap."""
-    old = None
-    if out.exists():
-        if not overwrite:
-            raise ClinalignError(f"output_dir '{out}' exists (set overwrite: true to replace it)")
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    """Rename the finished folder into place (an old one only with overwrite: true)."""
+    if out.exists() and not overwrite:
+        raise ClinalignError(f"output_dir '{out}' exists (set overwrite: true to replace it)")
+    swap_into_place(tmp, out)
 
 
 def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
@@ -294,8 +288,7 @@ def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
         peft_config = get_peft_config(model_args)
 
     out = Path(train_args.output_dir)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.tmp-"))
+    tmp = temp_dir_beside(out)
     try:
         train_args.output_dir = str(tmp)
         kwargs = dict(model=model, args=train_args, train_dataset=Dataset.from_dict(cols), processing_class=tok,

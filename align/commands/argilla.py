@@ -15,6 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from align.cli_groups import annotate_app, app
+from annotation.atomic import write_json_atomic
 from annotation.errors import ClinalignError
 
 argilla_app = typer.Typer(help="The local Argilla server stack (Redis + search engine + Argilla 2.8).",
@@ -186,7 +187,7 @@ def agreement_cmd(
         source.close()
     _print_agreement(report)
     if json_out:
-        _write_json_atomic(Path(json_out), report)
+        write_json_atomic(Path(json_out), report, indent=1)
 
 
 def _fmt(value: float | None) -> str:
@@ -213,10 +214,3 @@ def _print_agreement(report: dict) -> None:
         per.add_row(name, str(row["n_feedback"]), str(row["n_compared"]), str(row["n_agree"]),
                     _fmt(row["agreement_with_consensus"]))
     out.print(per)
-
-
-def _write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False), encoding="utf-8")
-    os.replace(tmp, path)

@@ -13,7 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from align.models import load_tokenizer, resolve_model
-from align.recipe_utils import last_metrics, model_ref, parse_recipe_config, set_threads
+from align.recipe_utils import (
+    keep_bf16_where_it_pays,
+    last_metrics,
+    model_ref,
+    parse_recipe_config,
+    set_threads,
+)
 from annotation.manifest import build_manifest, ref, write_manifest
 from annotation.preferences import load_preference_rows
 
@@ -53,6 +59,7 @@ def train(script_args: DPOScriptArguments, training_args, model_args, *, config_
     from trl import DPOTrainer, get_peft_config
 
     set_threads(script_args.num_threads)
+    keep_bf16_where_it_pays(training_args)
     rows = load_preference_rows(script_args.dataset_path)
     if script_args.max_train_samples:
         rows = rows[: script_args.max_train_samples]

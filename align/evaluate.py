@@ -1,4 +1,9 @@
-"""Reward-model win-rate of a policy against a baseline policy on held-out prompts."""
+"""Reward-model win-rate of a policy against a baseline policy on held-out prompts (`clinalign winrate`).
+
+The reward model here is a *proxy*: a round's headline win-rate is judged (align/evaluation/winrate.py),
+never by the reward a policy was trained against. Both sides are scored in one call, ties follow the
+round's rule (identical text, or a gap <= eps) and the CI is the same bootstrap over prompts.
+"""
 
 from __future__ import annotations
 
@@ -7,30 +12,23 @@ from typing import Any
 
 import numpy as np
 
+from align.evaluation.stats import DEFAULT_TIE_EPS, outcome, win_rate_stats
 from align.generate import Generator, SamplingSetting
 from align.prompts import Prompt
 
 
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 2000, alpha: float = 0.05, seed: int = 0) -> tuple[float, float]:
-    arr = np.asarray(values, dtype=float)
-    if arr.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = arr[rng.integers(0, arr.size, size=(n_boot, arr.size))].mean(axis=1)
-    return float(np.quantile(means, alpha / 2)), float(np.quantile(means, 1 - alpha / 2))
-
-
 def win_rate(candidate: SamplingSetting, baseline: SamplingSetting, prompts: Sequence[Prompt], scorer, *,
-             batch_size: int = 8, progress: Callable[[int], None] | None = None) -> dict[str, Any]:
-    """Both policies answer every prompt; the reward model scores both; ties count one half."""
+             batch_size: int = 64, progress: Callable[[int], None] | None = None,
+             tie_eps: float = DEFAULT_TIE_EPS) -> dict[str, Any]:
+    """Both policies answer every prompt; the reward model scores both sides in one call."""
     texts = [p.text for p in prompts]
     cand = Generator(candidate, batch_size=batch_size).generate(texts, progress)
     base = Generator(baseline, batch_size=batch_size).generate(texts, progress)
-    r_cand = scorer.score(texts, cand)
-    r_base = scorer.score(texts, base)
-    outcome = [1.0 if a > b else 0.5 if a == b else 0.0 for a, b in zip(r_cand, r_base, strict=True)]
-    lo, hi = bootstrap_ci(outcome)
-    return {"win_rate": float(np.mean(outcome)), "win_rate_ci95": [lo, hi], "n_prompts": len(texts),
+    scores = scorer.score(texts + texts, cand + base)
+    r_cand, r_base = scores[:len(texts)], scores[len(texts):]
+    outcomes = [[outcome(a, b, ta, tb, eps=tie_eps)] for a, b, ta, tb in zip(r_cand, r_base, cand, base, strict=True)]
+    stats = win_rate_stats(outcomes)
+    return {"judge": "reward model (proxy)", **stats.to_dict(), "win_rate_ci95": stats.ci95,
             "mean_reward_candidate": float(np.mean(r_cand)), "mean_reward_baseline": float(np.mean(r_base)),
             "candidate": candidate.label, "baseline": baseline.label,
             "examples": [{"prompt": t, "candidate": c, "baseline": b, "reward_candidate": rc, "reward_baseline": rb}

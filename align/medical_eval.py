@@ -1,12 +1,16 @@
 """PubMedQA (PQA-L, the official 500-item test split) yes/no/maybe accuracy by answer log-likelihood.
 
-Each item is put to the policy as a chat turn (abstract + question, "answer yes, no, or maybe"); the
-three answers are scored by the summed log-probability of their tokens after the assistant prompt and
-the most likely one is the prediction. No sampling, no parsing of free text: the same number for a
-base model and for base + LoRA adapter, comparable across rounds (the alignment tax).
+Each item is put to the policy as a chat turn (abstract + question, "answer yes, no, or maybe"); each
+answer is scored by the log-probability of its tokens after the assistant prompt, summed over its case
+variants (logsumexp of "yes" and "Yes": a chat model that capitalises its first word must not lose the
+item for it), and the most likely answer is the prediction. No sampling, no parsing of free text: the
+same number for a base model and for base + LoRA adapter, comparable across rounds (the alignment tax).
 
-When every answer is one token (the case for Llama/SmolLM2 tokenizers), one forward pass per item
-gives all three scores; otherwise each (prompt, answer) sequence is scored. Both paths are exact.
+When every variant is one token (the case for Llama/SmolLM2 tokenizers), one forward pass per item
+gives all scores; otherwise each (prompt, variant) sequence is scored. Both paths are exact.
+
+`evaluate_pubmedqa_cached` keeps a plain model's result on disk, keyed by the contents of its weights,
+so the base model is scored once, not every round.
 """
 
 from __future__ import annotations
@@ -23,10 +27,18 @@ from typing import Any
 from annotation.errors import ClinalignError, InputError
 
 LABELS = ("yes", "no", "maybe")
+# Bump when anything that changes the scores changes: cached results of older versions are then ignored.
+SCORING_VERSION = "pubmedqa-loglik-lse-cases-v2"
+# CPU, bf16, 2 threads, 64 items: batch 16 took 77 s, batch 8 82 s (lengths are sorted, so little padding).
+DEFAULT_BATCH_SIZE = 16
+# The longest official test prompt is 731 SmolLM2 tokens: 1024 keeps every abstract whole.
+DEFAULT_MAX_LENGTH = 1024
+_RESERVE = 8  # room left after the prompt for the answer tokens
 DATA_NAME = "pubmedqa_pqal_1000.jsonl"
 OFFICIAL_TEST_SIZE = 500
 # Me LLaMA zero-shot PubMedQA accuracy (npj Digit. Med. 2025, Table 3), printed beside our results.
 ANCHORS = {"Me LLaMA 13B-chat": 0.700, "Me LLaMA 70B-chat": 0.768}
+INSTRUCTION_NO_ABSTRACT = "Answer the research question with one word: yes, no, or maybe."
 INSTRUCTION = ("Read the abstract and answer the research question with one word: yes, no, or maybe.")
 
 
@@ -74,7 +86,11 @@ def load_items(path: str | Path | None = None, *, split: str = "test", limit: in
 
 
 def build_prompt(tokenizer, item: Item, context: str | None = None, *, chat: bool = True) -> str:
-    body = f"{INSTRUCTION}\n\nAbstract: {item.context if context is None else context}\n\nQuestion: {item.question}"
+    context = item.context if context is None else context
+    if context:
+        body = f"{INSTRUCTION}\n\nAbstract: {context}\n\nQuestion: {item.question}"
+    else:  # the "reasoning-required" setting of the PubMedQA paper: the question alone
+        body = f"{INSTRUCTION_NO_ABSTRACT}\n\nQuestion: {item.question}"
     if chat:
         from align.models import chat_prompt
 
@@ -82,27 +98,60 @@ def build_prompt(tokenizer, item: Item, context: str | None = None, *, chat: boo
     return body + "\nAnswer:"
 
 
-def answer_texts(prompt: str) -> list[str]:
+def answer_texts(prompt: str, labels: Sequence[str] = LABELS) -> list[str]:
     """A chat prompt ends with the assistant header (a newline): the answer follows directly; a plain
     prompt ends with "Answer:", so the answer word comes with its leading space."""
-    return [label if prompt[-1:].isspace() else f" {label}" for label in LABELS]
+    return [label if prompt[-1:].isspace() else f" {label}" for label in labels]
+
+
+def case_variants(label: str) -> tuple[str, ...]:
+    return tuple(dict.fromkeys((label, label.capitalize())))
+
+
+def answer_ids(tokenizer, prompt: str, text: str) -> list[int]:
+    """Token ids of `text` as they follow `prompt`: tokenizing it alone can differ (SentencePiece adds a
+    word-start marker), so take the tail of the joint encoding when the prompt's tokens are its prefix."""
+    pre, full = _encode(tokenizer, prompt), _encode(tokenizer, prompt + text)
+    if full[:len(pre)] == pre and len(full) > len(pre):
+        return full[len(pre):]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+def variant_ids(tokenizer, prompt: str) -> list[list[list[int]]]:
+    """Per label, the distinct token sequences of its case variants (an uncased tokenizer gives one)."""
+    out = []
+    for label in LABELS:
+        seqs = [answer_ids(tokenizer, prompt, t) for t in answer_texts(prompt, case_variants(label))]
+        out.append([list(s) for s in dict.fromkeys(tuple(s) for s in seqs)])
+    return out
+
+
+def logsumexp(values: Sequence[float]) -> float:
+    top = max(values)
+    return top + math.log(sum(math.exp(v - top) for v in values))
 
 
 def encode_prompt(tokenizer, item: Item, *, max_length: int, reserve: int, chat: bool = True) -> list[int]:
     """Token ids of the prompt, the abstract cut from its end when the whole would not fit."""
+    return encode_prompt_checked(tokenizer, item, max_length=max_length, reserve=reserve, chat=chat)[0]
+
+
+def encode_prompt_checked(tokenizer, item: Item, *, max_length: int, reserve: int,
+                          chat: bool = True) -> tuple[list[int], bool]:
+    """(token ids, whether the abstract was cut)."""
     ids = _encode(tokenizer, build_prompt(tokenizer, item, chat=chat))
     context = item.context
-    for _ in range(4):  # re-tokenizing decoded text can shift a few tokens: retry with the new excess
+    for attempt in range(4):  # re-tokenizing decoded text can shift a few tokens: retry with the new excess
         excess = len(ids) + reserve - max_length
         if excess <= 0:
-            return ids
+            return ids, attempt > 0
         ctx_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
         keep = len(ctx_ids) - excess - 2
         if keep < 16:
             raise InputError(f"item {item.id}: max_length {max_length} leaves no room for the abstract")
         context = tokenizer.decode(ctx_ids[:keep]) + " ..."
         ids = _encode(tokenizer, build_prompt(tokenizer, item, context, chat=chat))
-    return ids[-(max_length - reserve):]
+    return ids[-(max_length - reserve):], True
 
 
 def _encode(tokenizer, text: str) -> list[int]:
@@ -180,7 +229,8 @@ def _score_full(model, prompts, options, pad_id: int, device) -> list[list[float
 
 
 def load_policy(model_spec: str | None, adapter: str | None = None, *, dtype: str = "float32"):
-    """Base model (any resolve_model spec), optionally with a LoRA adapter folder on top."""
+    """Base model (any resolve_model spec), optionally with a LoRA adapter folder merged into it (merged:
+    scoring then runs at the plain model's speed)."""
     from align.models import load_causal_lm, load_tokenizer
 
     if adapter:
@@ -198,7 +248,7 @@ def load_policy(model_spec: str | None, adapter: str | None = None, *, dtype: st
     if adapter:
         from peft import PeftModel
 
-        model = PeftModel.from_pretrained(model, adapter)
+        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
     import torch
 
     if torch.cuda.is_available():
@@ -207,30 +257,59 @@ def load_policy(model_spec: str | None, adapter: str | None = None, *, dtype: st
 
 
 def evaluate_pubmedqa(model_spec: str | None, *, adapter: str | None = None, limit: int | None = None,
-                      data_path: str | Path | None = None, batch_size: int = 8, max_length: int = 1024,
-                      chat: bool = True, dtype: str = "float32", show_progress: bool = True,
-                      model=None, tokenizer=None) -> dict[str, Any]:
-    """Accuracy on the PubMedQA test split (or its first `limit` items); a JSON-ready result."""
+                      data_path: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                      max_length: int = DEFAULT_MAX_LENGTH, chat: bool = True, dtype: str | None = None,
+                      show_progress: bool = True, model=None, tokenizer=None,
+                      with_abstract: bool = True) -> dict[str, Any]:
+    """Accuracy on the PubMedQA test split (or its first `limit` items); a JSON-ready result.
+
+    dtype None = align.models.preferred_dtype() (bf16 on AVX512-BF16/AMX CPUs and GPUs).
+    """
     t0 = time.perf_counter()
     path = Path(data_path) if data_path else default_data_path()
     items = load_items(path, limit=limit)
+    if not with_abstract:
+        from dataclasses import replace
+
+        items = [replace(it, context="") for it in items]
     if model is None or tokenizer is None:
-        model, tokenizer, model_spec = load_policy(model_spec, adapter, dtype=dtype)
+        from align.models import preferred_dtype
+
+        model, tokenizer, model_spec = load_policy(model_spec, adapter, dtype=dtype or preferred_dtype())
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    reserve = 8
-    prompts = [encode_prompt(tokenizer, it, max_length=max_length, reserve=reserve, chat=chat) for it in items]
+    encoded = [encode_prompt_checked(tokenizer, it, max_length=max_length, reserve=_RESERVE, chat=chat)
+               for it in items]
+    prompts = [ids for ids, _ in encoded]
     # Every prompt ends the same way (the assistant header or "Answer:"), so the answers encode alike.
-    answers = [tokenizer(a, add_special_tokens=False)["input_ids"]
-               for a in answer_texts(build_prompt(tokenizer, items[0], chat=chat))]
-    options = [answers] * len(prompts)
-    scores = _run(model, prompts, options, pad_id, batch_size, show_progress)
+    variants = variant_ids(tokenizer, build_prompt(tokenizer, items[0], chat=chat))
+    flat = [seq for group in variants for seq in group]
+    raw = _run(model, prompts, [flat] * len(prompts), pad_id, batch_size, show_progress)
+    scores = [_label_scores(r, [len(g) for g in variants]) for r in raw]
     preds = [LABELS[max(range(len(LABELS)), key=lambda j: s[j])] for s in scores]
     result = summarise(items, preds, scores)
-    result.update({"model": model_spec, "adapter": adapter, "limit": limit, "max_length": max_length,
-                   "chat_prompt": chat, "scoring": "sum of answer-token log-probabilities",
-                   "data": {"path": str(path), "sha256": _file_sha(path)},
-                   "seconds": round(time.perf_counter() - t0, 1)})
+    single = all(len(seq) == 1 for seq in flat)
+    result.update({
+        "model": model_spec, "adapter": adapter, "limit": limit, "max_length": max_length, "chat_prompt": chat,
+        "with_abstract": with_abstract,
+        "dtype": str(next(model.parameters()).dtype).removeprefix("torch."), "batch_size": batch_size,
+        "scoring": "logsumexp over case variants of answer-token log-probabilities ("
+                   + ("single-token: one forward per item)" if single else "full sequences)"),
+        "scoring_version": SCORING_VERSION,
+        "answer_variants": {label: list(case_variants(label)) for label in LABELS},
+        "n_truncated": sum(cut for _, cut in encoded),
+        "truncated_ids": [it.id for it, (_, cut) in zip(items, encoded, strict=True) if cut],
+        "data": {"path": str(path), "sha256": _file_sha(path)},
+        "seconds": round(time.perf_counter() - t0, 1), "cached": False})
     return result
+
+
+def _label_scores(raw: Sequence[float], sizes: Sequence[int]) -> list[float]:
+    """Fold the flat per-variant log-probs back into one logsumexp score per label."""
+    out, start = [], 0
+    for size in sizes:
+        out.append(logsumexp(raw[start:start + size]))
+        start += size
+    return out
 
 
 def _run(model, prompts, options, pad_id, batch_size, show_progress) -> list[list[float]]:
@@ -270,3 +349,115 @@ def _file_sha(path: Path) -> str:
     from annotation.manifest import file_sha256
 
     return file_sha256(path)
+
+
+# -- cached base-model results -------------------------------------------------------------------------
+# The key hashes the full contents of the weight files: a model with the same shapes but other weights
+# (an SFT-merged LoRA touches only mid-file q/v tensors) must never hit another model's result, so a
+# sizes + first/last-MB shortcut is not safe. Hashing runs at ~0.7 GB/s (SmolLM2: 0.8 s), and each
+# file's digest is remembered by (path, size, mtime_ns), so a 140 GB model is read once, not every round.
+_MODEL_FILE_SUFFIXES = (".safetensors", ".bin")
+# Prompt-shaping files (config, tokenizer, chat template) change the scores as much as the weights do.
+_MODEL_SIDE_FILES = ("config.json", "tokenizer.json", "tokenizer.model", "tokenizer_config.json",
+                     "special_tokens_map.json", "chat_template.jinja")
+
+
+def results_cache_dir(cache_dir: str | Path | None = None) -> Path:
+    """<clinalign cache>/pubmedqa: beside align.models.cache_dir() (= <clinalign cache>/models)."""
+    if cache_dir is not None:
+        return Path(cache_dir)
+    from align.models import cache_dir as models_cache_dir
+
+    return models_cache_dir().parent / "pubmedqa"
+
+
+def model_fingerprint(folder: str | Path, *, memo_dir: Path | None = None) -> str:
+    """sha256 over the names and content digests of a model folder's weight and prompt-shaping files."""
+    folder = Path(folder)
+    files = sorted(p for p in folder.iterdir() if p.is_file()
+                   and (p.name.endswith(_MODEL_FILE_SUFFIXES) or p.name in _MODEL_SIDE_FILES))
+    if not any(p.name.endswith(_MODEL_FILE_SUFFIXES) for p in files):
+        raise InputError("no .safetensors/.bin weight files", path=str(folder))
+    memo_path = (memo_dir or results_cache_dir()) / "file_sha256.json"
+    memo = _read_json_dict(memo_path) or {}
+    known = len(memo)
+    h = hashlib.sha256()
+    for p in files:
+        h.update(f"{p.name}\0{_memo_sha(p, memo)}\n".encode())
+    if len(memo) != known:
+        _write_quietly(memo_path, memo)
+    return h.hexdigest()
+
+
+def _memo_sha(path: Path, memo: dict[str, Any]) -> str:
+    st = path.stat()
+    tag = f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if not isinstance(memo.get(tag), str):
+        memo[tag] = _file_sha(path)
+    return memo[tag]
+
+
+def result_cache_key(model_spec: str, *, data_path: str | Path, dtype: str, max_length: int, chat: bool,
+                     limit: int | None, memo_dir: Path | None = None, with_abstract: bool = True) -> str | None:
+    """The cache key of a plain model's result; None when the model is not a local folder (a hub id)."""
+    from align.models import resolve_model
+
+    folder = Path(resolve_model(model_spec))
+    if not folder.is_dir():
+        return None
+    parts = {"model": model_fingerprint(folder, memo_dir=memo_dir), "data": _file_sha(Path(data_path)),
+             "dtype": dtype, "max_length": max_length, "chat": chat, "scoring": SCORING_VERSION, "limit": limit,
+             **({} if with_abstract else {"with_abstract": False})}
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
+
+
+def evaluate_pubmedqa_cached(model_spec: str, *, adapter: str | None = None, limit: int | None = None,
+                             data_path: str | Path | None = None, batch_size: int = DEFAULT_BATCH_SIZE,
+                             max_length: int = DEFAULT_MAX_LENGTH, chat: bool = True, dtype: str | None = None,
+                             show_progress: bool = True, cache_dir: str | Path | None = None,
+                             with_abstract: bool = True) -> dict[str, Any]:
+    """evaluate_pubmedqa, with a plain model's result kept under results_cache_dir(cache_dir)/<key>.json.
+
+    Adapters are never cached: the policy changes every round. A returned cached result has cached=True.
+    """
+    from align.models import preferred_dtype
+
+    dtype = dtype or preferred_dtype()
+    path = Path(data_path) if data_path else default_data_path()
+    run = dict(limit=limit, data_path=path, batch_size=batch_size, max_length=max_length, chat=chat,
+               dtype=dtype, show_progress=show_progress, with_abstract=with_abstract)
+    if adapter:
+        return evaluate_pubmedqa(model_spec, adapter=adapter, **run)
+    root = results_cache_dir(cache_dir)
+    key = result_cache_key(model_spec, data_path=path, dtype=dtype, max_length=max_length, chat=chat,
+                           limit=limit, memo_dir=root, with_abstract=with_abstract)
+    if key is None:
+        return evaluate_pubmedqa(model_spec, **run)
+    file = root / f"{key}.json"
+    hit = _read_json_dict(file)
+    if hit is not None and hit.get("cache_key") == key and isinstance(hit.get("predictions"), list):
+        return hit | {"cached": True}
+    result = evaluate_pubmedqa(model_spec, **run) | {"cache_key": key}
+    _write_quietly(file, result)
+    return result
+
+
+def _read_json_dict(path: Path) -> dict[str, Any] | None:
+    """A JSON object from `path`, or None when it is missing or unreadable (a corrupt cache is recomputed)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _write_quietly(path: Path, obj: Any) -> None:
+    """Cache writes are an optimisation: a read-only or full disk must not fail the evaluation."""
+    import warnings
+
+    from annotation.atomic import write_json_atomic
+
+    try:
+        write_json_atomic(path, obj)
+    except OSError as exc:
+        warnings.warn(f"could not write cache file {path}: {exc}", stacklevel=2)

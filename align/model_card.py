@@ -170,9 +170,23 @@ def _section_eval(round_m: dict, artefacts: dict) -> list[str]:
              "|---|---|---|"]
     lines.append(f"| PubMedQA accuracy (n={_fmt(get('pubmedqa_n'))}) | {_fmt(get('pubmedqa_accuracy_before'))} | "
                  f"{_fmt(get('pubmedqa_accuracy_after'))} |")
-    lines.append(f"| RM mean reward | {_fmt(get('mean_reward_base'))} | {_fmt(get('mean_reward_policy'))} |")
-    lines.append(f"| RM win-rate vs base (n={_fmt(get('n_prompts'))} prompts) | 0.5 by definition | "
-                 f"{_fmt(get('win_rate'))} (95% CI {_fmt(get('win_rate_ci95'))}) |")
+    judge = get("judge")
+    if judge:  # a round's judged evaluation (docs/experimental-design.md)
+        lines.append(f"| judge's mean score ({judge}) | {_fmt(get('mean_score_base'))} | {_fmt(get('mean_score_policy'))} |")
+        lines.append(f"| win-rate vs base, judged by {judge} (n={_fmt(get('n_prompts'))} held-out prompts, "
+                     f"p={_fmt(get('p_value'))}) | A/A control {_fmt(get('control_win_rate'))} "
+                     f"(95% CI {_fmt(get('control_ci95'))}) | {_fmt(get('win_rate'))} (95% CI {_fmt(get('win_rate_ci95'))}) |")
+        lines.append(f"| end-of-turn rate | {_fmt(get('eos_rate_base'))} | {_fmt(get('eos_rate_policy'))} |")
+        lines.append(f"| mean words | {_fmt(get('mean_words_base'))} | {_fmt(get('mean_words_policy'))} |")
+        lines.append(f"| reward model (proxy) win-rate; agreement with the judge | | {_fmt(get('proxy_win_rate'))}; "
+                     f"{_fmt(get('proxy_agreement_with_judge'))} |")
+        if get("pubmedqa_non_inferior") is not None:
+            lines.append(f"| PubMedQA paired non-inferiority (McNemar p={_fmt(get('pubmedqa_mcnemar_p'))}) | | "
+                         f"{'non-inferior' if get('pubmedqa_non_inferior') else 'not shown non-inferior'} |")
+    else:
+        lines.append(f"| RM mean reward | {_fmt(get('mean_reward_base'))} | {_fmt(get('mean_reward_policy'))} |")
+        lines.append(f"| RM win-rate vs base (n={_fmt(get('n_prompts'))} prompts) | 0.5 by definition | "
+                     f"{_fmt(get('win_rate'))} (95% CI {_fmt(get('win_rate_ci95'))}) |")
     from align.medical_eval import ANCHORS
 
     lines += ["", "Anchors (zero-shot PubMedQA, npj Digit. Med. 2025): " +
@@ -182,6 +196,26 @@ def _section_eval(round_m: dict, artefacts: dict) -> list[str]:
         lines += [f"PubMedQA here used the first {n} of the 500 official test items (a quick run): compare "
                   "only with runs on the same items.", ""]
     return lines
+
+
+def _section_guard(artefacts: dict) -> list[str]:
+    """The reward-hacking guard's record (align/ppo/guard.py) of each artefact that has one; else nothing."""
+    lines: list[str] = []
+    for role, m in sorted(artefacts.items()):
+        guard = (m.get("annotations") or {}).get("guard")
+        if not isinstance(guard, dict):
+            continue
+        flags = guard.get("flags") or {}
+        lines.append(f"- `{role}`: " + (", ".join(f"**{f}** (first at update {u})" for f, u in
+                                                  sorted(flags.items(), key=lambda kv: kv[1]))
+                                        or "no flags raised"))
+        if guard.get("stopped_early"):
+            lines.append(f"  - training was **stopped early** by the guard after update {guard.get('stopped_at_update')}")
+    if not lines:
+        return []
+    return ["## Reward-hacking guard", "", *lines, "",
+            "Flags are heuristics (length, end-of-turn rate, repetition, KL, a held-out judge): read the samples "
+            "in the run's metrics.jsonl before trusting the reward gains.", ""]
 
 
 def _section_limits(round_m: dict, artefacts: dict) -> list[str]:
@@ -222,6 +256,7 @@ def render_card(run_dir: str | Path) -> str:
     lines += _section_clinicians(round_m, artefacts)
     lines += _section_reward(artefacts)
     lines += _section_eval(round_m, artefacts)
+    lines += _section_guard(artefacts)
     lines += _section_limits(round_m, artefacts)
     lines += ["## Licence notes", ""]
     if _uses_me_llama(round_m, artefacts):

@@ -1,9 +1,10 @@
-"""The promotion gate: a policy goes forward only if the reward model prefers it and it kept its medicine.
+"""The promotion gate: a policy goes forward only if the judge prefers it and it kept its medicine.
 
 Two conditions, both required:
-- reward-model win-rate of the candidate against the previous policy >= `min_win_rate`;
-- PubMedQA accuracy (same items for both) dropped by no more than `max_accuracy_drop` (the
-  alignment tax a round may cost).
+- the judged win-rate of the candidate against the previous policy: its 95% CI lower bound above
+  `min_win_rate` (files without a CI fall back to the point estimate, and say so);
+- PubMedQA (same items for both): non-inferior by the paired test when the file carries one (a
+  round's evaluation), else accuracy dropped by no more than `max_accuracy_drop`.
 
 Evaluation files accepted (one reader for all of them):
 - `clinalign eval --out` JSON: `metrics.pubmedqa_accuracy`, `metrics.pubmedqa_items_sha256`,
@@ -36,6 +37,9 @@ class EvalSummary:
     n: int | None = None
     items_sha256: str | None = None
     model: str | None = None
+    pubmedqa_non_inferior: bool | None = None  # the paired non-inferiority verdict, when the file has one
+    pubmedqa_lower_bound: float | None = None
+    pubmedqa_margin: float | None = None
 
 
 def _num(value: Any, what: str, path: Path) -> float | None:
@@ -67,12 +71,17 @@ def read_eval(path: str | Path) -> EvalSummary:
     m = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
     wr = data.get("win_rate")
     if isinstance(wr, dict):  # evaluation.json
-        m = {**m, "win_rate": wr.get("win_rate"), "win_rate_ci95": wr.get("win_rate_ci95"),
+        m = {**m, "win_rate": wr.get("win_rate"), "win_rate_ci95": wr.get("ci95", wr.get("win_rate_ci95")),
              "n_prompts": wr.get("n_prompts")}
     elif wr is not None:  # clinalign winrate output
         m = {**m, "win_rate": wr, "win_rate_ci95": data.get("win_rate_ci95"), "n_prompts": data.get("n_prompts")}
     pq = data.get("pubmedqa") if isinstance(data.get("pubmedqa"), dict) else {}
-    if "after" in pq:
+    if "non_inferior" in pq:  # a round's paired alignment-tax result
+        m = {**m, "pubmedqa_accuracy_after": pq.get("accuracy_after"), "pubmedqa_n": pq.get("n"),
+             "pubmedqa_accuracy_before": pq.get("accuracy_before"), "pubmedqa_items_sha256": pq.get("items_sha256"),
+             "pubmedqa_non_inferior": pq["non_inferior"], "pubmedqa_lower_bound": pq.get("lower_bound_one_sided"),
+             "pubmedqa_margin": pq.get("margin")}
+    elif "after" in pq:
         m = {**m, "pubmedqa_accuracy_after": pq["after"].get("accuracy"), "pubmedqa_n": pq["after"].get("n"),
              "pubmedqa_accuracy_before": pq.get("before", {}).get("accuracy"),
              "pubmedqa_items_sha256": pq["after"].get("items_sha256")}
@@ -86,6 +95,9 @@ def read_eval(path: str | Path) -> EvalSummary:
     s.accuracy_before = _num(m.get("pubmedqa_accuracy_before"), "PubMedQA accuracy before", path)
     s.n = m.get("pubmedqa_n")
     s.items_sha256 = m.get("pubmedqa_items_sha256")
+    if isinstance(m.get("pubmedqa_non_inferior"), bool):
+        s.pubmedqa_non_inferior = m["pubmedqa_non_inferior"]
+        s.pubmedqa_lower_bound, s.pubmedqa_margin = m.get("pubmedqa_lower_bound"), m.get("pubmedqa_margin")
     s.model = (data.get("config") or {}).get("model") if isinstance(data.get("config"), dict) else None
     if s.win_rate is None and s.accuracy is None:
         raise InputError("no win_rate and no PubMedQA accuracy found (not a clinalign evaluation file?)",
@@ -122,10 +134,22 @@ def decide(candidate: EvalSummary, baseline: EvalSummary | None, *, min_win_rate
     if wr is None:
         reasons.append(f"no reward-model win-rate in {candidate.path} (run `clinalign winrate` and pass it to "
                        f"`clinalign eval --winrate`)")
+    elif candidate.win_rate_ci95:
+        lo, hi = candidate.win_rate_ci95
+        if lo <= min_win_rate:
+            reasons.append(f"win-rate {wr:.3f} (95% CI {lo:.3f}-{hi:.3f}): the CI lower bound is not above "
+                           f"the threshold {min_win_rate:.3f}")
     elif wr < min_win_rate:
-        reasons.append(f"win-rate {wr:.3f} is below the threshold {min_win_rate:.3f}")
+        reasons.append(f"win-rate {wr:.3f} is below the threshold {min_win_rate:.3f} (no CI in the file: "
+                       f"point estimate used)")
     drop = None
-    if candidate.accuracy is None or base_acc is None:
+    if baseline is None and candidate.pubmedqa_non_inferior is not None:
+        if not candidate.pubmedqa_non_inferior:
+            reasons.append(f"PubMedQA {base_acc:.3f} -> {candidate.accuracy:.3f} on {n} items is not shown "
+                           f"non-inferior (paired lower bound {candidate.pubmedqa_lower_bound:+.3f}, margin "
+                           f"-{candidate.pubmedqa_margin})")
+        drop = None if candidate.accuracy is None or base_acc is None else base_acc - candidate.accuracy
+    elif candidate.accuracy is None or base_acc is None:
         reasons.append("PubMedQA accuracy missing for the " + ("candidate" if candidate.accuracy is None
                                                                 else "baseline"))
     else:

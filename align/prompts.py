@@ -10,6 +10,7 @@ from annotation.errors import InputError
 from annotation.jsonl import read_jsonl
 
 PROMPT_KEYS = ("prompt", "question")
+GROUP_KEYS = ("group", "focus")
 REFERENCE_KEYS = ("reference", "reference_answer", "physician_answer", "long_answer")
 
 
@@ -18,6 +19,8 @@ class Prompt:
     id: str
     text: str
     reference: str | None = None
+    source: str | None = None  # stratum for splits: MedQuAD's sub-collection (GHR, GARD, ...), "kqa", ...
+    group: str | None = None  # near-duplicate key: prompts sharing it never straddle a split (MedQuAD focus)
 
 
 def _from_obj(obj: dict, *, path: str, line: int | None, index: int) -> Prompt:
@@ -33,7 +36,9 @@ def _from_obj(obj: dict, *, path: str, line: int | None, index: int) -> Prompt:
     ref = next((obj[k] for k in REFERENCE_KEYS if isinstance(obj.get(k), str) and obj[k].strip()), None)
     pid = obj.get("id")
     pid = str(pid) if pid is not None else "p-" + hashlib.sha256(text.encode()).hexdigest()[:12]
-    return Prompt(id=pid, text=text.strip(), reference=ref)
+    source = obj.get("source") if isinstance(obj.get("source"), str) else None
+    group = next((str(obj[k]) for k in GROUP_KEYS if isinstance(obj.get(k), (str, int)) and str(obj[k]).strip()), None)
+    return Prompt(id=pid, text=text.strip(), reference=ref, source=source, group=group)
 
 
 def load_prompts(path: str, *, limit: int | None = None, offset: int = 0) -> list[Prompt]:

@@ -74,3 +74,14 @@ def model_ref(spec: str, resolved: str) -> dict[str, str]:
     cfg = Path(resolved) / "config.json"
     return {"role": "base_model", "path": resolved, "spec": spec,
             "sha256": file_sha256(cfg) if cfg.is_file() else ""}
+
+
+def keep_bf16_where_it_pays(training_args) -> None:
+    """bf16 autocast on a CPU only where it has AMX / AVX512-BF16 (there ~1.5x fp32); elsewhere fp32."""
+    import torch
+
+    from align.models import cpu_has_bf16
+
+    if getattr(training_args, "bf16", False) and not torch.cuda.is_available() and not cpu_has_bf16():
+        print("clinalign: this CPU has no AMX / AVX512-BF16: training in float32 instead of bf16")
+        training_args.bf16 = False

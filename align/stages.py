@@ -12,13 +12,14 @@ PAIR_TEXT_FIELDS = ["prompt", "response_a", "response_b", "reference"]
 ROW_TEXT_FIELDS = ["prompt", "chosen", "rejected"]
 
 
-def gate_pairs(pairs: list[CandidatePair], *, mode: str, audit_dir: str | Path) -> list[CandidatePair]:
-    """PHI gate before pairs enter a store: block (error naming records) or redact."""
+def gate_pairs(pairs: list[CandidatePair], *, mode: str, audit_dir: str | Path,
+               fields: list[str] | None = None) -> list[CandidatePair]:
+    """PHI gate before pairs enter a store: block (error naming records), redact or withhold."""
     from annotation.phi import PhiGate
 
     records = [{k: v for k, v in p.to_dict().items() if k != "id"} | {"pair_key": p.id} for p in pairs]
     gate = PhiGate(mode=mode, audit_path=Path(audit_dir) / "phi_audit.jsonl")
-    cleaned = gate.check_records(records, fields=PAIR_TEXT_FIELDS, record_id_key="pair_key").records
+    cleaned = gate.check_records(records, fields=fields or PAIR_TEXT_FIELDS, record_id_key="pair_key").records
     return [CandidatePair.from_dict({k: v for k, v in r.items() if k != "pair_key"}) for r in cleaned]
 
 

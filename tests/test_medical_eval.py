@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
 
+from align.evaluation.pubmedqa_paired import paired_alignment_tax, run_alignment_tax
 from align.medical_eval import (
     LABELS,
+    answer_ids,
     answer_texts,
     build_prompt,
     continuation_logprobs,
     evaluate_pubmedqa,
+    evaluate_pubmedqa_cached,
     load_items,
+    result_cache_key,
 )
 from align.models import TINY_LLAMA, load_causal_lm, load_tokenizer, resolve_model
 from annotation.errors import InputError
@@ -60,21 +65,56 @@ def test_batched_padded_scores_match_unpadded_reference(tiny):
             assert longer[i][j] == pytest.approx(unpadded_logprob(model, p, multi[i][j]), abs=1e-4)
 
 
-def test_prediction_is_the_highest_likelihood_answer(tiny, tmp_path):
+def reference_label_scores(model, tok, item, *, chat: bool = True) -> list[float]:
+    """Independent reference: per label, log(sum over its case variants of p(variant | prompt))."""
+    import align.medical_eval as me  # looked up at call time: a test may patch the variants
+
+    prompt = build_prompt(tok, item, chat=chat)
+    ids = tok(prompt)["input_ids"]
+    out = []
+    for label in LABELS:
+        probs = [math.exp(unpadded_logprob(model, ids, answer_ids(tok, prompt, text)))
+                 for text in answer_texts(prompt, me.case_variants(label))]
+        out.append(math.log(sum(probs)))
+    return out
+
+
+def test_answer_score_is_logsumexp_of_both_cases(tiny, tmp_path):
     model, tok = tiny
     data = write_items(tmp_path / "pq.jsonl", n=5)
     result = evaluate_pubmedqa(TINY_LLAMA, data_path=data, batch_size=2, show_progress=False,
                                model=model, tokenizer=tok)
-    items = load_items(data)
     assert result["n"] == 5 and not result["official_test_set"]
-    for item, pred in zip(items, result["predictions"], strict=True):
-        prompt = build_prompt(tok, item)
-        ids = tok(prompt)["input_ids"]
-        ref = [unpadded_logprob(model, ids, tok(a, add_special_tokens=False)["input_ids"]) for a in answer_texts(prompt)]
-        assert pred["pred"] == LABELS[max(range(3), key=lambda j: ref[j])]
+    assert "single-token" in result["scoring"] and result["answer_variants"]["maybe"] == ["maybe", "Maybe"]
+    assert result["dtype"] == "float32" and result["n_truncated"] == 0 and result["cached"] is False
+    for item, pred in zip(load_items(data), result["predictions"], strict=True):
+        ref = reference_label_scores(model, tok, item)
+        assert pred["id"] == item.id and pred["gold"] == item.label
         assert pred["logprobs"] == pytest.approx(ref, abs=1e-3)
+        assert pred["pred"] == LABELS[max(range(3), key=lambda j: ref[j])]
     assert result["accuracy"] == sum(p["pred"] == p["gold"] for p in result["predictions"]) / 5
     assert sum(result["predicted"].values()) == 5
+
+
+def test_multi_token_variants_use_the_full_path(tiny, tmp_path, monkeypatch):
+    import align.medical_eval as me
+
+    model, tok = tiny
+    monkeypatch.setattr(me, "case_variants", lambda label: (label, f"{label.capitalize()} indeed"))
+    data = write_items(tmp_path / "pq.jsonl", n=3)
+    result = evaluate_pubmedqa(TINY_LLAMA, data_path=data, batch_size=2, show_progress=False, chat=False,
+                               model=model, tokenizer=tok)
+    assert "full sequences" in result["scoring"]
+    for item, pred in zip(load_items(data), result["predictions"], strict=True):
+        assert pred["logprobs"] == pytest.approx(reference_label_scores(model, tok, item, chat=False), abs=1e-3)
+
+
+def test_long_abstracts_are_cut_and_counted(tiny, tmp_path):
+    model, tok = tiny
+    data = write_items(tmp_path / "pq.jsonl", n=3, contexts=["A long background sentence. " * 60])
+    result = evaluate_pubmedqa(TINY_LLAMA, data_path=data, max_length=200, show_progress=False,
+                               model=model, tokenizer=tok)
+    assert result["n_truncated"] == 3 and result["truncated_ids"] == ["q0", "q1", "q2"]
 
 
 def test_limit_and_official_split(tiny):
@@ -134,3 +174,121 @@ def test_cli_eval_writes_a_manifest(tmp_path, capsys):
     assert [i["role"] for i in manifest["inputs"]] == ["pubmedqa", "winrate"]
     wr.write_text(json.dumps({"win_rate": 1.5}))
     assert main(["eval", "--model", TINY_LLAMA, "--data", str(data), "--winrate", str(wr)]) == 2
+
+
+# -- cache ---------------------------------------------------------------------------------------------
+def test_base_result_is_cached_by_weights_and_settings(tmp_path):
+    data = write_items(tmp_path / "pq.jsonl", n=3)
+    cache = tmp_path / "cache"
+    kw = dict(data_path=data, show_progress=False, cache_dir=cache, dtype="float32")
+    first = evaluate_pubmedqa_cached(TINY_LLAMA, **kw)
+    second = evaluate_pubmedqa_cached(TINY_LLAMA, **kw)
+    assert first["cached"] is False and second["cached"] is True
+    assert second["predictions"] == first["predictions"] and second["cache_key"] == first["cache_key"]
+    assert (cache / f"{first['cache_key']}.json").is_file()
+    key = dict(data_path=data, max_length=1024, chat=True, memo_dir=cache)
+    base = result_cache_key(TINY_LLAMA, dtype="float32", limit=None, **key)
+    assert base == first["cache_key"]
+    assert result_cache_key(TINY_LLAMA, dtype="bfloat16", limit=None, **key) != base
+    assert result_cache_key(TINY_LLAMA, dtype="float32", limit=2, **key) != base
+
+
+def test_other_weights_give_another_key(tmp_path):
+    import shutil
+
+    data = write_items(tmp_path / "pq.jsonl", n=2)
+    copy = tmp_path / "model"
+    shutil.copytree(resolve_model(TINY_LLAMA), copy)
+    key = dict(data_path=data, dtype="float32", max_length=1024, chat=True, limit=None, memo_dir=tmp_path)
+    same = result_cache_key(str(copy), **key)
+    assert same == result_cache_key(TINY_LLAMA, **key)  # content, not path
+    weights = next(copy.glob("*.safetensors"))
+    raw = bytearray(weights.read_bytes())
+    raw[len(raw) // 2] ^= 1  # one bit in the middle of the file
+    weights.write_bytes(bytes(raw))
+    assert result_cache_key(str(copy), **key) != same
+
+
+def test_corrupt_cache_is_recomputed_and_adapters_are_never_cached(tmp_path):
+    data = write_items(tmp_path / "pq.jsonl", n=2)
+    cache = tmp_path / "cache"
+    kw = dict(data_path=data, show_progress=False, cache_dir=cache, dtype="float32")
+    first = evaluate_pubmedqa_cached(TINY_LLAMA, **kw)
+    file = cache / f"{first['cache_key']}.json"
+    for junk in ("{not json", "[1, 2]", json.dumps({"cache_key": "other"})):
+        file.write_text(junk)
+        again = evaluate_pubmedqa_cached(TINY_LLAMA, **kw)
+        assert again["cached"] is False and again["predictions"] == first["predictions"]
+    assert evaluate_pubmedqa_cached(TINY_LLAMA, **kw)["cached"] is True
+    adapter = save_adapter(tmp_path / "adapter")
+    before = set(cache.iterdir())
+    for _ in range(2):
+        assert evaluate_pubmedqa_cached(TINY_LLAMA, adapter=adapter, **kw)["cached"] is False
+    assert set(cache.iterdir()) == before
+
+
+def save_adapter(path) -> str:
+    from peft import LoraConfig, get_peft_model
+
+    model = get_peft_model(load_causal_lm(TINY_LLAMA), LoraConfig(r=4, target_modules=["q_proj", "v_proj"],
+                                                                  init_lora_weights=False))
+    model.save_pretrained(path)
+    return str(path)
+
+
+# -- paired alignment tax --------------------------------------------------------------------------------
+def fake_result(golds, preds, ids=None):
+    ids = ids or [f"q{i}" for i in range(len(golds))]
+    return {"predictions": [{"id": i, "gold": g, "pred": p, "logprobs": [0.0, 0.0, 0.0]}
+                            for i, g, p in zip(ids, golds, preds, strict=True)], "accuracy_ci95": [0.0, 1.0]}
+
+
+def test_paired_counts_discordant_items_and_gives_a_verdict():
+    golds = ["yes"] * 500
+    before = ["yes"] * 400 + ["no"] * 100
+    # 3 items right -> wrong, 5 wrong -> right: accuracy 0.800 -> 0.804, lower bound ~ -0.005 > -0.02
+    after = ["yes"] * 397 + ["no"] * 3 + ["yes"] * 5 + ["no"] * 95
+    out = paired_alignment_tax(fake_result(golds, before), fake_result(golds, after))
+    assert (out["b_right_to_wrong"], out["c_wrong_to_right"], out["n"]) == (3, 5, 500)
+    assert out["before"]["accuracy"] == 0.80 and out["after"]["accuracy"] == pytest.approx(0.804)
+    assert out["after"]["predicted"] == {"yes": 402, "no": 98, "maybe": 0}
+    assert out["verdict"] == "non-inferior" and out["non_inferior"]
+    # The same 3-vs-5 split on 100 items is too few to rule out a 2-point loss.
+    small = paired_alignment_tax(fake_result(golds[:100], ["yes"] * 80 + ["no"] * 20),
+                                 fake_result(golds[:100], ["yes"] * 77 + ["no"] * 3 + ["yes"] * 5 + ["no"] * 15))
+    assert (small["b_right_to_wrong"], small["c_wrong_to_right"]) == (3, 5)
+    assert small["verdict"] == "inferior or inconclusive"
+    worse = ["yes"] * 300 + ["no"] * 200  # 100 right -> wrong, none back
+    bad = paired_alignment_tax(fake_result(golds, before), fake_result(golds, worse))
+    assert (bad["b_right_to_wrong"], bad["c_wrong_to_right"]) == (100, 0)
+    assert bad["verdict"] == "inferior or inconclusive" and bad["mcnemar_p"] < 0.001
+
+
+def test_paired_rejects_mismatched_items():
+    golds, preds = ["yes", "no", "maybe"], ["yes", "yes", "yes"]
+    ref = fake_result(golds, preds)
+    with pytest.raises(InputError, match="before has 3 items, after has 2"):
+        paired_alignment_tax(ref, fake_result(golds[:2], preds[:2]))
+    with pytest.raises(InputError, match=r"position 1: before 'q1', after 'x1'"):
+        paired_alignment_tax(ref, fake_result(golds, preds, ids=["q0", "x1", "q2"]))
+    with pytest.raises(InputError, match="different order"):
+        paired_alignment_tax(ref, fake_result(golds, preds, ids=["q0", "q2", "q1"]))
+    with pytest.raises(InputError, match="predictions"):
+        paired_alignment_tax(ref, {"accuracy": 0.5})
+
+
+def test_run_alignment_tax_with_policy_folder_and_adapter(tmp_path):
+    import shutil
+
+    data = write_items(tmp_path / "pq.jsonl", n=3)
+    policy = tmp_path / "sft_merged"
+    shutil.copytree(resolve_model(TINY_LLAMA), policy)
+    adapter = save_adapter(tmp_path / "adapter")
+    kw = dict(data_path=data, cache_dir=tmp_path / "cache", dtype="float32", show_progress=False)
+    out = run_alignment_tax(TINY_LLAMA, policy_spec=str(policy), adapter=adapter, **kw)
+    assert out["after"]["model"] == str(policy) and out["after"]["adapter"] == adapter
+    assert out["paired"]["n"] == 3 and out["paired"]["verdict"] in ("non-inferior", "inferior or inconclusive")
+    again = run_alignment_tax(TINY_LLAMA, adapter=adapter, **kw)
+    assert again["before"]["cached"] is True and again["after"]["cached"] is False
+    with pytest.raises(InputError, match="nothing to compare"):
+        run_alignment_tax(TINY_LLAMA, **kw)

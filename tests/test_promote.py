@@ -52,7 +52,7 @@ def test_accuracy_on_different_items_is_not_compared(tmp_path):
 def test_round_evaluation_shapes_are_read(tmp_path):
     # the round's evaluation manifest (flat before/after metrics) needs no separate baseline
     m = build_manifest("evaluation", "evaluation", metrics={
-        "win_rate": 0.56, "win_rate_ci95": [0.4, 0.7], "n_prompts": 16, "pubmedqa_accuracy_before": 0.50,
+        "win_rate": 0.56, "win_rate_ci95": [0.52, 0.7], "n_prompts": 16, "pubmedqa_accuracy_before": 0.50,
         "pubmedqa_accuracy_after": 0.49, "pubmedqa_n": 50})
     (tmp_path / "evaluation").mkdir()
     (tmp_path / "evaluation" / "clinalign_manifest.json").write_text(json.dumps(m))
@@ -65,6 +65,24 @@ def test_round_evaluation_shapes_are_read(tmp_path):
     (tmp_path / "evaluation.json").write_text(json.dumps(nested))
     d = decide(read_eval(tmp_path / "evaluation.json"), None)
     assert not d.promoted and "0.300" in d.reasons[0]
+
+
+def test_the_ci_lower_bound_and_the_paired_test_decide(tmp_path):
+    # a round's evaluation.json: win-rate 0.6 whose CI reaches below 0.5 is not evidence enough
+    paired = {"accuracy_before": 0.55, "accuracy_after": 0.54, "n": 500, "non_inferior": True,
+              "lower_bound_one_sided": -0.015, "margin": 0.02}
+    doc = {"win_rate": {"win_rate": 0.6, "ci95": [0.48, 0.71], "n_prompts": 64}, "pubmedqa": paired}
+    (tmp_path / "e.json").write_text(json.dumps(doc))
+    d = decide(read_eval(tmp_path / "e.json"), None)
+    assert not d.promoted and "CI lower bound is not above" in d.reasons[0]
+    doc["win_rate"]["ci95"] = [0.53, 0.71]
+    (tmp_path / "e.json").write_text(json.dumps(doc))
+    assert decide(read_eval(tmp_path / "e.json"), None).promoted
+    # a 1-point drop passes the old rule but fails the paired test when the test says so
+    doc["pubmedqa"] = paired | {"non_inferior": False, "lower_bound_one_sided": -0.031}
+    (tmp_path / "e.json").write_text(json.dumps(doc))
+    d = decide(read_eval(tmp_path / "e.json"), None)
+    assert not d.promoted and "not shown non-inferior" in d.reasons[0]
 
 
 def test_bad_files_and_thresholds(tmp_path):

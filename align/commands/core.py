@@ -1,4 +1,4 @@
-"""Core loop commands: generate, annotate import/export/status, dpo, winrate."""
+"""Core loop commands: generate, annotate import/export/status, sft, dpo, winrate."""
 
 from __future__ import annotations
 
@@ -27,7 +27,9 @@ def generate_cmd(
     temperature_a: float = 0.7,
     temperature_b: float = 1.1,
     max_new_tokens: int = 128,
-    batch_size: int = 8,
+    batch_size: int = 64,
+    samples: Annotated[int | None, typer.Option(help="On-policy pairs: sample N answers per prompt from model A at "
+                                                "--temperature-a and pair two distinct ones (the round's sampler).")] = None,
     limit: Annotated[int | None, typer.Option(help="Use the first N prompts.")] = None,
     offset: int = 0,
     seed: int = 0,
@@ -47,12 +49,15 @@ def generate_cmd(
     side_a = SamplingSetting(model, temperature_a, max_new_tokens=max_new_tokens, seed=seed, adapter=adapter_a)
     side_b = SamplingSetting(model_b or model, temperature_b, max_new_tokens=max_new_tokens, seed=seed + 1,
                              adapter=adapter_b)
-    if side_a.label == side_b.label:
+    if side_a.label == side_b.label and samples is None:
         raise ClinalignError("both sides would be identical: give --model-b or different temperatures")
     name = source or Path(prompts).stem
-    with progress_bar("generating", total=2 * len(items)) as advance:
-        pairs, stats = make_pairs(items, side_a, side_b, batch_size=batch_size, source=f"generated:{name}",
-                                  progress=advance)
+    if samples is not None:
+        pairs, stats = _on_policy_pairs(items, side_a, samples, batch_size, f"generated:{name}", seed)
+    else:
+        with progress_bar("generating", total=2 * len(items)) as advance:
+            pairs, stats = make_pairs(items, side_a, side_b, batch_size=batch_size, source=f"generated:{name}",
+                                      progress=advance)
     pairs = gate_pairs(pairs, mode=phi_mode, audit_dir=Path(store).parent)
     s = open_store(store)
     new = s.add_pairs(pairs)
@@ -61,6 +66,16 @@ def generate_cmd(
         write_jsonl_atomic(out, [p.to_dict() for p in pairs])
     console.print(f"{stats.made} pairs made ({new} new in {store}); skipped {stats.skipped_identical} identical, "
                   f"{stats.skipped_empty} empty")
+
+
+def _on_policy_pairs(items, setting, samples: int, batch_size: int, source: str, seed: int):
+    from align.generate import Generator, pairs_from_samples
+
+    if samples < 2:
+        raise ClinalignError(f"--samples must be at least 2, got {samples}")
+    with progress_bar("sampling", total=samples * len(items)) as advance:
+        drawn = Generator(setting, batch_size=batch_size).sample([p.text for p in items], samples, advance)
+    return pairs_from_samples(items, drawn, setting, source=source, seed=seed)
 
 
 @annotate_app.command("import")
@@ -140,6 +155,17 @@ def dpo_cmd(ctx: typer.Context,
 
     out = train_from_yaml(config, extra_args=list(ctx.args))
     console.print(f"policy adapter written to {out}")
+
+
+@app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sft_cmd(ctx: typer.Context,
+            config: Annotated[str, typer.Option(help="TRL-native YAML (SFTConfig + ModelConfig keys).")]) -> None:
+    """SFT (TRL SFTTrainer, LoRA) on experts' answers and clinicians' corrections. Extra --key value pairs
+    override the YAML."""
+    from align.sft import train_from_yaml
+
+    out = train_from_yaml(config, extra_args=list(ctx.args))
+    console.print(f"SFT adapter written to {out}")
 
 
 @app.command("winrate")

@@ -117,12 +117,15 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="First N of the 500 test items (quick runs).")] = None,
     out: Annotated[Path | None, typer.Option(help="Write the evaluation JSON (a clinalign manifest) here.")] = None,
     data: Annotated[Path | None, typer.Option(help="PubMedQA PQA-L JSONL (default: the shipped copy).")] = None,
-    batch_size: int = 8,
+    batch_size: int = 16,
     max_length: Annotated[int, typer.Option(help="Prompt + answer tokens; long abstracts are cut.")] = 1024,
+    abstract: Annotated[bool, typer.Option(help="Give the abstract (--no-abstract: the question alone, the "
+                                           "paper's reasoning-required setting).")] = True,
     winrate: Annotated[Path | None, typer.Option(help="A `clinalign winrate --out` JSON to record beside the "
                                                  "accuracy (the promotion gate needs both).")] = None,
     threads: Annotated[int | None, typer.Option(help="torch threads (CPU).")] = None,
-    dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16 (bfloat16 on a GPU).")] = "float32",
+    dtype: Annotated[str, typer.Option(help="auto (bfloat16 on GPUs and AVX512-BF16/AMX CPUs, else float32) | "
+                                       "float32 | bfloat16 | float16.")] = "auto",
 ) -> None:
     """PubMedQA yes/no/maybe accuracy (official test split) by answer log-likelihood."""
     from align.medical_eval import evaluate_pubmedqa
@@ -131,14 +134,17 @@ def eval_cmd(
     set_threads(threads)
     wr = _read_winrate(winrate) if winrate else None
     result = evaluate_pubmedqa(model, adapter=str(adapter) if adapter else None, limit=limit, data_path=data,
-                               batch_size=batch_size, max_length=max_length, dtype=_dtype(dtype))
+                               batch_size=batch_size, max_length=max_length, dtype=_dtype(dtype),
+                               with_abstract=abstract)
     _print_eval(result, wr)
     if out is not None:
         _write_eval(out, result, wr, adapter, winrate)
         console.print(f"evaluation written to {out}")
 
 
-def _dtype(name: str) -> str:
+def _dtype(name: str) -> str | None:
+    if name == "auto":
+        return None
     if name not in ("float32", "bfloat16", "float16"):
         raise InputError(f"--dtype must be float32, bfloat16 or float16, got {name!r}")
     return name
@@ -204,7 +210,7 @@ def promote_cmd(
                                             "round's evaluation folder/manifest).")],
     baseline: Annotated[Path | None, typer.Option(help="Previous policy's evaluation (default: the candidate "
                                                   "file's 'before' accuracy).")] = None,
-    min_win_rate: Annotated[float, typer.Option(help="Reward-model win-rate the candidate must reach.")] = 0.5,
+    min_win_rate: Annotated[float, typer.Option(help="Its 95% CI lower bound must lie above this.")] = 0.5,
     max_accuracy_drop: Annotated[float, typer.Option(help="Largest PubMedQA accuracy drop allowed.")] = 0.02,
     out: Annotated[Path | None, typer.Option(help="Promotion record (default: promotion.json beside the "
                                              "candidate).")] = None,
@@ -218,9 +224,12 @@ def promote_cmd(
     table = Table(title="promotion gate")
     for col in ("gate", "value", "threshold", "result"):
         table.add_column(col)
-    wr_ok = d.win_rate is not None and d.win_rate >= d.min_win_rate
-    table.add_row("RM win-rate", _f(d.win_rate), f">= {d.min_win_rate:.3f}", _pf(wr_ok))
-    acc_ok = d.accuracy_drop is not None and d.accuracy_drop <= d.max_accuracy_drop + 1e-12
+    ci = cand.win_rate_ci95
+    wr_ok = d.win_rate is not None and not any(r.startswith("win-rate") for r in d.reasons)
+    shown = _f(d.win_rate) + (f" (95% CI {ci[0]:.3f}-{ci[1]:.3f})" if ci else "")
+    table.add_row("judged win-rate", shown, f"CI low > {d.min_win_rate:.3f}" if ci else f">= {d.min_win_rate:.3f}",
+                  _pf(wr_ok))
+    acc_ok = d.accuracy_drop is not None and not any(r.startswith("PubMedQA") for r in d.reasons)
     table.add_row(f"PubMedQA accuracy drop (n={d.n_items})",
                   f"{_f(d.accuracy_drop)} ({_f(d.accuracy_baseline)} -> {_f(d.accuracy_candidate)})",
                   f"<= {d.max_accuracy_drop:.3f}", _pf(acc_ok))

@@ -102,6 +102,44 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
     lam: float = 0.95
     whiten_rewards: bool = False
     whiten_advantages: bool = True
+    init_value_from_returns: bool = field(default=True, metadata={
+        "help": "Start the critic at the first rollout batch's mean return (a fixed offset added to the "
+                "zero-initialised value head) instead of 0. cliprange_value is in reward units, so a critic "
+                "starting at 0 moves at most about cliprange_value per update towards returns of, say, 5."})
+
+    # Reward-hacking guard (align/ppo/guard.py): checked after every update, recorded in metrics.jsonl.
+    guard_kl_budget: float | None = field(default=None, metadata={
+        "help": "Flag kl_over_budget when the mean KL to the reference (nats per response, as objective/kl) "
+                "exceeds this; None: off."})
+    guard_max_length_drift: float | None = field(default=0.5, metadata={
+        "help": "Flag length_drift when the mean response length exceeds (1 + this) x its baseline; None: off."})
+    guard_max_eos_drop: float | None = field(default=0.3, metadata={
+        "help": "Flag eos_rate_drop when the share of responses ending with EOS falls more than this "
+                "(absolute, e.g. 0.9 -> 0.55) below its baseline; None: off."})
+    guard_min_distinct2: float | None = field(default=0.3, metadata={
+        "help": "Flag repetition when distinct-2 (unique / all word bigrams of the batch's responses) "
+                "falls below this; None: off."})
+    guard_baseline_updates: int = field(default=1, metadata={
+        "help": "The length and EOS-rate baselines are the means of the first N updates."})
+    guard_judge_every: int = field(default=0, metadata={
+        "help": "Every N updates (from the first), answer the held-out prompts greedily and score them with "
+                "the training reward and the judge; flag reward_judge_divergence when the reward rose and the "
+                "judge fell since the first judged update. 0: off."})
+    guard_judge_function: str | None = field(default=None, metadata={
+        "help": "The held-out judge: 'package.module:function' taking (prompts, responses) -> floats "
+                "(or pass judge_fn= to PPOTrainer)."})
+    guard_judge_prompts_path: str | None = field(default=None, metadata={
+        "help": "Held-out judge prompts: JSONL (prompt|question [, id]) like prompts_path; keep them out of "
+                "the training prompts."})
+    guard_judge_max_prompts: int = field(default=16, metadata={"help": "Use the first N held-out prompts."})
+    guard_judge_min_reward_rise: float = field(default=0.0, metadata={
+        "help": "reward_judge_divergence needs the held-out training reward to rise by more than this "
+                "(reward units)..."})
+    guard_judge_min_score_drop: float = field(default=0.0, metadata={
+        "help": "... while the judge's mean score falls by more than this (judge units)."})
+    guard_action: Literal["flag", "stop"] = field(default="flag", metadata={
+        "help": "flag: record flags and continue; stop: record, then end training cleanly after the update "
+                "that raised one (final save as usual; the manifest says why)."})
 
     ds3_gather_for_generation: bool = field(default=True, metadata={
         "help": "ZeRO-3: gather the full policy for generation (fast; needs the whole model on one GPU). "
@@ -145,6 +183,14 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
             raise ClinalignError(f"cliprange must be in (0, 1), got {self.cliprange}")
         if self.adaptive_kl and self.target_kl <= 0:
             raise ClinalignError("target_kl must be > 0 when adaptive_kl is on")
+        if self.guard_judge_max_prompts < 1:
+            raise ClinalignError(f"guard_judge_max_prompts must be >= 1 (got {self.guard_judge_max_prompts})")
+        self.guard_config()  # bad guard settings fail here too
+
+    def guard_config(self):
+        from align.ppo.guard import GuardConfig
+
+        return GuardConfig.from_args(self)
 
     def num_updates(self, n_prompts: int, world_size: int) -> int:
         """Rollout batches to run: max_steps if set, else total_episodes / global batch."""

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import time
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,6 +22,7 @@ import torch
 
 from align.batching import left_pad
 from align.ppo.gae import compute_gae, explained_variance, masked_mean, masked_whiten
+from align.ppo.guard import GuardStats, RewardGuard, distinct_n
 from align.ppo.kl_controller import make_kl_controller
 from align.ppo.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves
 from align.ppo.policy import (
@@ -34,10 +36,12 @@ from align.ppo.ppo_config import PPOConfig
 from align.ppo.prompts import Prompt, context_length, encode_prompts, load_prompt_set, resolve_prompts_path
 from align.ppo.rollout import (
     RewardFn,
+    RewardSource,
     RolloutBatch,
     apply_penalties,
     decode_responses,
     generate,
+    import_callable,
     make_reward_source,
     preflight_reward,
 )
@@ -55,10 +59,15 @@ def _rollout_order(n: int, episode: int, seed: int) -> int:
 
 
 class PPOTrainer:
-    """PPO on a causal LM. `reward_fn` (prompts, responses) -> scores can replace the reward model."""
+    """PPO on a causal LM. `reward_fn` (prompts, responses) -> scores can replace the reward model.
+
+    `judge_fn` (same signature) is the reward-hacking guard's held-out judge; `judge_prompts` can
+    replace guard_judge_prompts_path.
+    """
 
     def __init__(self, args: PPOConfig, *, reward_fn: RewardFn | None = None, prompts: Sequence[str] | None = None,
-                 config_path: str | None = None):
+                 config_path: str | None = None, judge_fn: RewardFn | None = None,
+                 judge_prompts: Sequence[str] | None = None):
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
@@ -101,6 +110,8 @@ class PPOTrainer:
                                          context=context_length(model_config))
         self.reward = make_reward_source(args, reward_fn, device=self.accelerator.device)
         preflight_reward(self.reward, [p.text for p in self.prompts])
+        self.guard = RewardGuard(args.guard_config())
+        self._setup_judge(judge_fn, judge_prompts, context_length(model_config))
         self.world = self.accelerator.num_processes
         self.num_updates = args.num_updates(len(self.prompts), self.world)
         self.eos_ids = self._eos_ids()
@@ -141,6 +152,8 @@ class PPOTrainer:
             self.reference = self._prepare_reference(self.reference)
         self._deepspeed = self.accelerator.state.deepspeed_plugin is not None
         self.kl_ctl = make_kl_controller(args.kl_coef, args.adaptive_kl, args.target_kl, args.kl_horizon)
+        # Added to the value head's output; None until the first batch sets it (init_value_from_returns).
+        self.value_offset: float | None = None if args.init_value_from_returns else 0.0
         self.step = 0
         self.metrics = MetricsLog(self.output_dir)
         self._trainable = {n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
@@ -148,6 +161,38 @@ class PPOTrainer:
         self.accelerator.register_save_state_pre_hook(self._keep_trainable_weights)
 
     # ---------------------------------------------------------------- setup helpers
+    def _setup_judge(self, judge_fn: RewardFn | None, judge_prompts: Sequence[str] | None,
+                     context: int | None) -> None:
+        """The guard's held-out judge and prompts, checked (and pre-flighted) before any model loads."""
+        args = self.args
+        self.judge: RewardSource | None = None
+        self.judge_prompts: list[Prompt] = []
+        self.judge_prompt_ids: list[list[int]] = []
+        self.judge_prompts_source: str | None = None
+        if judge_fn is None and args.guard_judge_function:
+            judge_fn = import_callable(args.guard_judge_function, "guard_judge_function")
+        if args.guard_judge_every == 0:
+            if judge_fn is not None:
+                warnings.warn("a judge is configured but guard_judge_every is 0: it will not be used", stacklevel=3)
+            return
+        if judge_fn is None:
+            raise ClinalignError("guard_judge_every > 0 needs a judge: pass judge_fn= or set guard_judge_function")
+        if judge_prompts is not None:
+            prompts = [Prompt(p, f"judge_prompts[{i}]") for i, p in enumerate(judge_prompts)]
+        elif args.guard_judge_prompts_path:
+            prompts = load_prompt_set(args.guard_judge_prompts_path)
+            self.judge_prompts_source = str(resolve_prompts_path(args.guard_judge_prompts_path))
+        else:
+            raise ClinalignError("guard_judge_every > 0 needs held-out prompts: set guard_judge_prompts_path")
+        self.judge_prompts = prompts[:args.guard_judge_max_prompts]
+        if not self.judge_prompts:
+            raise ClinalignError("the guard's held-out judge prompt set is empty")
+        self.judge_prompt_ids = encode_prompts(self.judge_prompts, self.tokenizer,
+                                               max_prompt_length=args.max_prompt_length,
+                                               response_length=args.response_length, context=context)
+        self.judge = RewardSource(fn=judge_fn, name=args.guard_judge_function or getattr(judge_fn, "__name__", "judge"))
+        preflight_reward(self.judge, [p.text for p in self.judge_prompts])
+
     def _eos_ids(self) -> set[int]:
         ids = {self.tokenizer.eos_token_id}
         from transformers import GenerationConfig
@@ -277,7 +322,8 @@ class PPOTrainer:
         ref_logprobs = logprobs_from_logits(ref_logits, response, t)
         return {"query": batch.query, "query_mask": batch.query_mask, "response": batch.response,
                 "response_mask": batch.response_mask, "logprobs": logprobs.cpu(), "ref_logprobs": ref_logprobs.cpu(),
-                "values": values.float().cpu(), "scores": batch.scores, "raw_scores": batch.raw_scores,
+                "values": values.float().cpu() + (self.value_offset or 0.0), "scores": batch.scores,
+                "raw_scores": batch.raw_scores,
                 "has_eos": batch.has_eos, "prompts": batch.prompts, "responses": batch.responses}
 
     # ---------------------------------------------------------------- advantages
@@ -293,11 +339,25 @@ class PPOTrainer:
         rewards[torch.arange(len(last)), last] += r["scores"]
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
+        if self.value_offset is None:  # first update of a fresh run: the head is all zeros, values are exactly 0
+            self.value_offset = self._mean_return(rewards, mask)
+            r["values"] = (r["values"] + self.value_offset) * maskf
         advantages, returns = compute_gae(rewards, r["values"], mask, args.gamma, args.lam)
         if args.whiten_advantages:
             advantages = masked_whiten(advantages, mask)
         r.update(kl=kl, non_score=non_score, advantages=advantages, returns=returns)
         return r
+
+    def _mean_return(self, rewards: torch.Tensor, mask: torch.Tensor) -> float:
+        """Mean discounted reward-to-go over all response tokens (all processes): the best constant critic.
+
+        Why: value clipping (cliprange_value, in reward units) lets a critic move only about that far
+        from its old values per update, so one starting at 0 would lag returns of larger magnitude
+        for many updates, and its error would leak into every advantage meanwhile.
+        """
+        _, togo = compute_gae(rewards, torch.zeros_like(rewards), mask, self.args.gamma, 1.0)
+        local = masked_mean(togo, mask).to(self.accelerator.device)
+        return float(self.accelerator.reduce(local, reduction="mean"))
 
     # ---------------------------------------------------------------- optimisation
     def _loss(self, mb: dict) -> tuple[torch.Tensor, dict]:
@@ -307,6 +367,7 @@ class PPOTrainer:
         ids = torch.cat([query, response], 1)
         attn = torch.cat([mb["query_mask"].to(device), mask], 1)
         logits, vpred = self.model(ids, attn, query.shape[1])
+        vpred = vpred + (self.value_offset or 0.0)
         scaled = logits / args.temperature
         new_logp = logprobs_from_logits(logits, response, args.temperature)
         old_logp, adv = mb["logprobs"].to(device), mb["advantages"].to(device)
@@ -374,7 +435,8 @@ class PPOTrainer:
         else:
             self.accelerator.save_state(str(tmp), safe_serialization=True)
         if self.accelerator.is_main_process:
-            state = {"step": self.step, "kl_ctl": self.kl_ctl.state_dict(), "num_updates": self.num_updates}
+            state = {"step": self.step, "kl_ctl": self.kl_ctl.state_dict(), "num_updates": self.num_updates,
+                     "value_offset": self.value_offset, "guard": self.guard.state_dict()}
             (tmp / STATE_NAME).write_text(json.dumps(state, indent=2))
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)  # a kill mid-save leaves only a .tmp folder, never a broken checkpoint
@@ -406,6 +468,8 @@ class PPOTrainer:
         state = json.loads((path / STATE_NAME).read_text())
         self.step = int(state["step"])
         self.kl_ctl.load_state_dict(state["kl_ctl"])
+        self.value_offset = float(state.get("value_offset") or 0.0)  # older checkpoints: a zero-started critic
+        self.guard.load_state_dict(state.get("guard", {}))
         if self.accelerator.is_main_process:
             self.metrics.truncate_after(self.step)
         return self.step
@@ -430,27 +494,75 @@ class PPOTrainer:
                 row = self.train_step()
                 progress.update(task, advance=1, description=f"PPO reward {row['objective/scores']:+.3f} "
                                                              f"KL {row['objective/kl']:.3f}")
+                stop = self.guard.should_stop
                 # The last update is checkpointed too, so a finished run can be extended (more max_steps).
-                if args.save_steps and (self.step % int(args.save_steps) == 0 or self.step == self.num_updates):
+                if args.save_steps and (self.step % int(args.save_steps) == 0 or self.step == self.num_updates
+                                        or stop):
                     self.save_checkpoint()
+                if stop:
+                    acc.print(f"reward-hacking guard: stopping after update {self.step} of {self.num_updates} "
+                              f"({', '.join(self.guard.last)})")
+                    break
         return self.finish()
 
     def train_step(self) -> dict:
         t0 = time.perf_counter()
+        # The judge sees the policy entering this update, i.e. the one that generates its rollouts.
+        judged = self._judge_eval() if self.judge is not None and self.guard.judge_due(self.step) else None
         r = self._advantages(self._rollout(self._batch_prompt_indices(self.step)))
         opt_stats = self._optimise(r)
         self.step += 1
-        row = self._log(r, opt_stats, time.perf_counter() - t0)
+        row = self._log(r, opt_stats, time.perf_counter() - t0, judged)
         self.kl_ctl.update(row["objective/kl"], self.args.local_batch_size * self.world)
         return row
 
-    def _log(self, r: dict, opt_stats: dict, seconds: float) -> dict:
+    @torch.no_grad()
+    def _judge_eval(self) -> tuple[float, float]:
+        """Greedy answers to the held-out prompts: (mean training score, penalties included; mean judge score)."""
+        args, device, bs = self.args, self.accelerator.device, self.args.local_rollout_forward_batch_size
+        self.model.eval()
+        gather_ctx, unwrapped = self._unwrapped_for_generation()
+        query, qmask = left_pad(self.judge_prompt_ids, self.tokenizer.pad_token_id)
+        texts: list[str] = []
+        has_eos, lengths = [], []
+        for s in range(0, len(query), bs):
+            with gather_ctx:
+                response, rmask, eos = generate(unwrapped.policy, query[s:s + bs].to(device),
+                                                qmask[s:s + bs].to(device), args, self.tokenizer, self.eos_ids,
+                                                greedy=True)
+            texts += decode_responses(self.tokenizer, response, rmask)
+            has_eos.append(eos)
+            lengths.append(rmask.sum(1))
+        prompts = [p.text for p in self.judge_prompts]
+        raw = torch.tensor(self.reward(prompts, texts), dtype=torch.float32)
+        reward = apply_penalties(raw, torch.cat(has_eos), torch.cat(lengths), args).mean()
+        judge = torch.tensor(self.judge(prompts, texts), dtype=torch.float32).mean()
+        g = self.accelerator.reduce(torch.stack([reward, judge]).to(device), reduction="mean").cpu().tolist()
+        return g[0], g[1]
+
+    def _guard_row(self, g: list[float], judged: tuple[float, float] | None) -> dict:
+        """The guard's view of this update (g: the process-averaged values _log computed)."""
+        stats = GuardStats(step=self.step, score=g[0], kl=g[2], length_mean=g[7], eos_rate=g[6], distinct_2=g[9],
+                           judge_reward=judged[0] if judged else None, judge_score=judged[1] if judged else None)
+        flags = self.guard.update(stats)  # every process sees the same numbers, so all agree on a stop
+        row = {"guard/length_mean": stats.length_mean, "guard/eos_rate": stats.eos_rate,
+               "guard/distinct_2": stats.distinct_2, "guard/kl": stats.kl}
+        drift = self.guard.length_drift(stats.length_mean)
+        if drift is not None:
+            row["guard/length_drift"] = drift
+        if judged:
+            row.update({"guard/judge_reward": judged[0], "guard/judge_score": judged[1]})
+        row["guard/flags"] = flags
+        return row
+
+    def _log(self, r: dict, opt_stats: dict, seconds: float, judged: tuple[float, float] | None = None) -> dict:
         acc, mask = self.accelerator, r["response_mask"]
         local = torch.tensor([
             float(r["scores"].mean()), float(r["raw_scores"].mean()), float(r["kl"].sum(1).mean()),
             float(r["non_score"].sum(1).mean()), float(masked_mean(-r["logprobs"], mask) * mask.sum(1).float().mean()),
             explained_variance(r["values"], r["returns"], mask), float(r["has_eos"].float().mean()),
             float(mask.sum(1).float().mean()), float(masked_mean(r["values"], mask)),
+            distinct_n(r["responses"], 2),  # per process, then averaged
         ], device=acc.device)
         g = acc.reduce(local, reduction="mean").cpu().tolist()
         kl_coef = self.kl_ctl.value
@@ -461,6 +573,7 @@ class PPOTrainer:
                "val/response_length": g[7], "val/mean": g[8], "kl_coef": kl_coef,
                "lr": self.scheduler.get_last_lr()[0], "time/update_s": seconds}
         row.update(opt_stats)
+        row.update(self._guard_row(g, judged))
         if acc.is_main_process:
             row["sample"] = {"prompt": r["prompts"][0][:200], "response": r["responses"][0][:300]}
             if self.args.logging_steps and (self.step % max(1, int(self.args.logging_steps)) == 0
@@ -481,6 +594,8 @@ class PPOTrainer:
             policy_sd = {k[len("policy."):]: v for k, v in state.items() if k.startswith("policy.")}
             unwrapped.policy.save_pretrained(self.output_dir, state_dict=policy_sd, safe_serialization=True)
             critic = {k: v.contiguous() for k, v in state.items() if k.startswith(("value_head.", "critic_backbone."))}
+            # V(s) = value_head(h) + offset: the offset is the critic's starting point (init_value_from_returns)
+            critic["value_head.offset"] = torch.tensor([self.value_offset or 0.0])
             save_file(critic, str(self.output_dir / VALUE_HEAD_NAME))
             self.tokenizer.save_pretrained(self.output_dir)
             (self.output_dir / "ppo_config.json").write_text(self.args.to_json_string())
@@ -505,9 +620,12 @@ class PPOTrainer:
             inputs.append(input_ref("config", self.config_path))
         if self.args.reward_model_path:
             inputs.append(input_ref("reward_model", self.args.reward_model_path))
+        if self.judge_prompts_source:
+            inputs.append(input_ref("judge_prompts", self.judge_prompts_source))
         metrics = {k: last.get(k) for k in ("objective/scores", "objective/kl", "objective/rlhf_reward",
                                            "val/explained_variance", "policy/clipfrac")}
-        metrics.update({"updates": self.step, "first_score": first.get("objective/scores"),
+        metrics.update({"updates": self.step, "planned_updates": self.num_updates,
+                        "first_score": first.get("objective/scores"),
                         "reward_mean": last.get("objective/scores"),
                         "episodes": last.get("episode")})
         outputs = [{"role": "metrics", "path": str(self.output_dir / METRICS_NAME), "sha256": ""}]
@@ -515,7 +633,8 @@ class PPOTrainer:
             "policy_adapter" if self.args.use_peft else "policy", self.output_dir.name, inputs=inputs, outputs=outputs, metrics=metrics,
             config=json.loads(self.args.to_json_string()),
             annotations={"trainer": "clinalign.ppo", "peft": bool(self.args.use_peft), "critic": self.args.critic,
-                         "reward": self.reward.name})
+                         "reward": self.reward.name, "value_offset": self.value_offset,
+                         "guard": {**self.guard.summary(), "judge": self.judge.name if self.judge else None}})
         write_manifest(self.output_dir, manifest)
 
 

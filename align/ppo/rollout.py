@@ -42,14 +42,15 @@ class RewardSource:
         return out
 
 
-def import_callable(spec: str) -> RewardFn:
+def import_callable(spec: str, what: str = "reward_function") -> RewardFn:
+    """'package.module:function' -> the function; `what` names the config field in errors."""
     module, _, attr = spec.partition(":")
     if not module or not attr:
-        raise ClinalignError(f"reward_function must look like 'package.module:function', got '{spec}'")
+        raise ClinalignError(f"{what} must look like 'package.module:function', got '{spec}'")
     try:
         return getattr(importlib.import_module(module), attr)
     except (ImportError, AttributeError) as exc:
-        raise ClinalignError(f"cannot import reward_function '{spec}': {exc}") from None
+        raise ClinalignError(f"cannot import {what} '{spec}': {exc}") from None
 
 
 def make_reward_source(args, reward_fn: RewardFn | None = None, device: str | torch.device = "cpu") -> RewardSource:
@@ -113,11 +114,14 @@ def truncate_after_eos(response: torch.Tensor, eos_ids: set[int], pad_id: int):
 
 
 @torch.no_grad()
-def generate(policy, query: torch.Tensor, query_mask: torch.Tensor, args, tokenizer, eos_ids: set[int]):
+def generate(policy, query: torch.Tensor, query_mask: torch.Tensor, args, tokenizer, eos_ids: set[int],
+             greedy: bool = False):
+    """Sampled responses (PPO's rollouts), or greedy ones (temperature 0: the guard's held-out judge)."""
+    sampling = dict(do_sample=False) if greedy else dict(do_sample=True, temperature=args.temperature,
+                                                         top_p=args.top_p, top_k=0)
     out = policy.generate(input_ids=query, attention_mask=query_mask, max_new_tokens=args.response_length,
-                          do_sample=True, temperature=args.temperature, top_p=args.top_p, top_k=0,
                           pad_token_id=tokenizer.pad_token_id, eos_token_id=sorted(eos_ids),
-                          use_cache=True)
+                          use_cache=True, **sampling)
     response = out[:, query.shape[1]:]
     if response.shape[1] < args.response_length:  # all sequences stopped early: pad to a fixed width
         pad = torch.full((response.shape[0], args.response_length - response.shape[1]), tokenizer.pad_token_id,
@@ -127,6 +131,7 @@ def generate(policy, query: torch.Tensor, query_mask: torch.Tensor, args, tokeni
 
 
 def apply_penalties(raw: torch.Tensor, has_eos: torch.Tensor, lengths: torch.Tensor, args) -> torch.Tensor:
+    """Scores PPO optimises: the reward minus missing_eos_penalty (no EOS) and length_penalty."""
     scores = raw.clone()
     if args.missing_eos_penalty is not None:
         scores = scores - args.missing_eos_penalty * (~has_eos).float()

@@ -1,0 +1,1 @@
+"""Evaluation: statistics, splits, win-rates, medical QA, promotion."""

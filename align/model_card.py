@@ -40,8 +40,9 @@ ME_LLAMA_NOTE = (
 STATIC_LIMITS = [
     "Research prototype for studying clinician-feedback alignment; **not a medical device**, not validated "
     "for clinical decision-making, and must not be used for patient care without local clinical governance.",
-    "PubMedQA measures reading of research abstracts (yes/no/maybe), not bedside safety; the reward-model "
-    "win-rate measures agreement with a learned preference model, not with clinicians directly.",
+    "PubMedQA measures yes/no/maybe answers to research questions, not bedside safety; the win-rate measures "
+    "agreement with its judge (clinicians' blind votes in a real round, a scripted simulated clinician in the "
+    "demo), on held-out questions only; the reward model's win-rate is a proxy.",
     "The PHI gate (Presidio + clinical recognizers) lowers but does not remove the risk of identifiers in "
     "training data; it was measured on synthetic notes only.",
 ]

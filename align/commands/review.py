@@ -20,6 +20,7 @@ review_app = typer.Typer(help="Blind side-by-side review by clinicians (Gradio a
 app.add_typer(review_app, name="review")
 
 PASSWORD_ENV = "CLINALIGN_REVIEW_PASSWORD"
+PUBLIC_URL_ENV = "CLINALIGN_PUBLIC_URL"
 Store = Annotated[str, typer.Option("--store", help="Embedded store (SQLite path) or argilla:<dataset>.")]
 Users = Annotated[str | None, typer.Option("--users", help="Users file (create with `clinalign review add-user`), or 'argilla' to log in with the Argilla server's users (ARGILLA_API_URL).")]
 
@@ -32,6 +33,9 @@ def review_cmd(
     host: Annotated[str, typer.Option(help="Interface to listen on (put TLS in front for anything but localhost).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 7860,
     include_same_model: Annotated[bool, typer.Option(help="Also review pairs whose two answers come from the same model.")] = False,
+    public_url: Annotated[str | None, typer.Option("--public-url", envvar=PUBLIC_URL_ENV, help="Address clinicians use, e.g. https://review.hospital.example behind a reverse proxy; requests from any other origin are refused, and with https only the Secure session cookie counts.")] = None,
+    session_idle_minutes: Annotated[float, typer.Option(help="Sign a clinician out after this many minutes without a request.")] = 30.0,
+    session_max_hours: Annotated[float, typer.Option(help="Sign a clinician out this many hours after login, active or not.")] = 12.0,
 ) -> None:
     """Serve the blind review app: `clinalign review --store PATH --users FILE [--port 7860]`."""
     if ctx.invoked_subcommand is not None:
@@ -40,8 +44,13 @@ def review_cmd(
         raise ClinalignError("clinalign review needs --store and --users (or a subcommand: add-user, pairs)")
     from annotation.review.accounts import ArgillaAccounts, UserBook
     from annotation.review.app import build_app
+    from annotation.review.security import origin_of
     from annotation.store import open_store
 
+    if public_url is not None and origin_of(public_url) is None:
+        raise ClinalignError(f"--public-url must be an http(s) URL such as https://review.hospital.example, got {public_url!r}")
+    if session_idle_minutes <= 0 or session_max_hours <= 0:
+        raise ClinalignError("--session-idle-minutes and --session-max-hours must be positive")
     if users == "argilla":
         book = ArgillaAccounts.from_env()
     else:
@@ -55,9 +64,11 @@ def review_cmd(
         console.print(f"[yellow]warning:[/] no pairs to review in {store} "
                       f"({review.queue.skipped_same_model} skipped: same model on both sides); "
                       "load some with `clinalign review pairs`.")
-    _, url = review.launch(host=host, port=port)
+    _, url = review.launch(host=host, port=port, public_url=public_url, session_idle_s=session_idle_minutes * 60,
+                           session_max_age_s=session_max_hours * 3600)
     who = "Argilla users" if users == "argilla" else f"{len(book.accounts)} accounts"
-    console.print(f"[bold green]review app[/] at {url} · {total} pairs · {who} · Ctrl+C stops")
+    public = f" (public: {public_url})" if public_url else ""
+    console.print(f"[bold green]review app[/] at {url}{public} · {total} pairs · {who} · Ctrl+C stops")
     try:
         while True:
             time.sleep(3600)

@@ -6,19 +6,22 @@ is in; then the app reveals the two models and shows the next pair. Votes go to 
 as `Feedback(origin="review")` in the pair's own a/b terms, with the side mapping in `meta`.
 
 Two script endpoints (`/next_pair`, `/vote`) serve `gradio_client` users (load tests, tools); the UI
-events themselves are private. Every route sits behind `security.RequireLogin`.
+events themselves are private. Every route sits behind `security.RequireLogin`, and everything
+(Gradio's CORS layer included) behind `security.OriginPolicy`.
 """
 
 
 import html
 import os
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 from annotation.leaderboard import build_leaderboard, comparisons_from_feedback, plot_leaderboard
 from annotation.review.accounts import ArgillaAccounts, UserBook
 from annotation.review.queue import ReviewError, ReviewQueue, Ticket, VoteResult
-from annotation.review.security import RequireLogin
+from annotation.review.security import OriginPolicy, RequireLogin, Sessions, allowed_origins, origin_of
 from annotation.store import FeedbackStore
 
 TITLE = "clinalign · blind clinical review"
@@ -33,7 +36,10 @@ CSS = """
 #cr-header, #cr-header * {color:#fff !important;}
 #cr-header .brand {font-size:1.15rem; font-weight:600; letter-spacing:.2px;}
 #cr-header .brand small {font-weight:400; opacity:.75; margin-left:10px; font-size:.9rem;}
-#cr-header .who {font-size:.92rem;} #cr-header a {color:#cfe3f7 !important; margin-left:14px;}
+#cr-header .who {font-size:.92rem;}
+#cr-header .cr-signout {display:inline; margin:0 0 0 14px;}
+#cr-header .cr-signout button {background:none; border:0; padding:0; cursor:pointer; color:#cfe3f7 !important;
+  text-decoration:underline; font:inherit;}
 .cr-progress {font-size:.92rem; color:#334155;}
 .cr-bar {height:6px; background:#e2e8f0; border-radius:3px; margin-top:4px; overflow:hidden;}
 .cr-bar > div {height:6px; background:#2563eb;}
@@ -97,9 +103,19 @@ class ReviewApp:
     queue: ReviewQueue
     users: UserBook | ArgillaAccounts
 
-    def launch(self, *, host: str = "127.0.0.1", port: int = 7860, quiet: bool = True) -> tuple[Any, str]:
+    def launch(self, *, host: str = "127.0.0.1", port: int = 7860, quiet: bool = True,
+               public_url: str | None = None, session_idle_s: float = 30 * 60,
+               session_max_age_s: float = 12 * 3600) -> tuple[Any, str]:
+        """`public_url`: the address clinicians use (e.g. https://review.hospital.example behind a
+        reverse proxy); only it and the local development origins may send requests with cookies."""
         from starlette.middleware import Middleware
 
+        if public_url is not None and origin_of(public_url) is None:
+            raise ValueError(f"public URL must be an http(s) URL, got {public_url!r}")
+        secure_only = public_url is not None and urlsplit(public_url).scheme == "https"
+        origin = Middleware(OriginPolicy, allowed=allowed_origins(public_url, port, host))
+        login = Middleware(RequireLogin, secure_only=secure_only,
+                           sessions=Sessions(idle_s=session_idle_s, max_age_s=session_max_age_s))
         os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
         self.demo.queue(default_concurrency_limit=None, status_update_rate=10)
         app, url, _ = self.demo.launch(
@@ -107,12 +123,41 @@ class ReviewApp:
             auth_message="clinalign blind review: sign in with the account your study lead gave you.",
             share=False, ssr_mode=False, mcp_server=False, prevent_thread_lock=True, quiet=quiet,
             show_error=True, enable_monitoring=False, footer_links=[], pwa=False,
-            app_kwargs={"middleware": [Middleware(RequireLogin)]}, theme=_theme(), css=CSS,
-            head=SHORTCUTS_JS)
+            app_kwargs={"middleware": [origin, login], "lifespan": _outermost(origin)},
+            theme=_theme(), css=CSS, head=SHORTCUTS_JS)
+        if not _is_outermost(app):  # fail closed rather than serve with Gradio's CORS in front
+            self.demo.close()
+            raise RuntimeError("origin policy is not in front of Gradio's CORS middleware")
         return app, url
 
     def close(self) -> None:
         self.demo.close()
+
+
+def _outermost(policy: Any):
+    """A lifespan hook that moves the origin policy in front of the middleware Gradio adds itself
+    (CORS, compression). It runs before the server accepts its first connection."""
+
+    @asynccontextmanager
+    async def lifespan(app: Any):
+        app.user_middleware.remove(policy)
+        app.user_middleware.insert(0, policy)
+        app.middleware_stack = app.build_middleware_stack()
+        yield
+
+    return lifespan
+
+
+def _is_outermost(app: Any) -> bool:
+    """True if the served stack reaches `OriginPolicy` before Gradio's CORS middleware."""
+    layer = app.middleware_stack
+    while layer is not None:
+        if isinstance(layer, OriginPolicy):
+            return True
+        if type(layer).__name__ == "CustomCORSMiddleware":
+            return False
+        layer = getattr(layer, "app", None)
+    return False
 
 
 def _theme():
@@ -128,7 +173,8 @@ def _header(user: str, role: str | None) -> str:
     badge = " (admin)" if role == "admin" else ""
     return (f'<div id="cr-header"><div class="brand">clinalign<small>blind side-by-side clinical review'
             f'</small></div><div class="who">Signed in as <b>{html.escape(user)}</b>{badge}'
-            f'<a href="logout">Sign out</a></div></div>')
+            f'<form method="post" action="logout" class="cr-signout"><button type="submit">Sign out'
+            f'</button></form></div></div>')
 
 
 def _progress(done: int, total: int) -> str:

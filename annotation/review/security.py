@@ -1,18 +1,27 @@
-"""Login wall for the review app: an ASGI middleware in front of every Gradio route.
+"""Login wall and origin policy for the review app: ASGI middleware in front of every Gradio route.
 
 With `auth=` set, Gradio 6 guards most routes, but `POST /gradio_api/reset`, `/gradio_api/cancel`,
 `/openapi.json`, the monitoring and stream routes and a few others still answer without a login.
 This middleware refuses every request without a valid session cookie, except the login page itself,
 `POST /login` and static assets (scripts, styles, fonts) the login page needs. It reads the same
-session tokens Gradio issues at login, so there is one notion of "logged in".
+session tokens Gradio issues at login, so there is one notion of "logged in". It also ends sessions
+(absolute and idle limits), answers `POST /logout` itself, and rewrites Gradio's session cookies
+(SameSite=Lax; with an https public URL only the Secure cookie).
+
+`OriginPolicy` sits in front of everything, Gradio's CORS layer included: behind a proxy that passes
+the public Host header, Gradio grants any Origin with credentials, so foreign origins are refused here.
 """
 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+from starlette.datastructures import Headers
 from starlette.requests import HTTPConnection
 
 Scope = MutableMapping[str, Any]
@@ -29,7 +38,9 @@ OPEN_ROUTES = frozenset({
 OPEN_PREFIXES = ("/static/", "/assets/", "/svelte/")
 SECURITY_HEADERS = [
     (b"x-content-type-options", b"nosniff"),
-    (b"referrer-policy", b"no-referrer"),
+    # not "no-referrer": under it browsers send `Origin: null` on the app's own form POSTs (sign-out),
+    # which the origin policy must refuse; "same-origin" still sends nothing to other sites
+    (b"referrer-policy", b"same-origin"),
     (b"x-frame-options", b"DENY"),
 ]
 
@@ -48,41 +59,245 @@ def _launch_probe(scope: Scope, method: str) -> bool:
             and getattr(app, "startup_events_triggered", True) is False)
 
 
-def session_user(scope: Scope) -> str | None:
-    """The user of a Gradio session cookie, or None. `scope["app"]` is the Gradio App."""
-    app = scope.get("app")
-    tokens = getattr(app, "tokens", None)
-    cookie_id = getattr(app, "cookie_id", None)
-    if not tokens or cookie_id is None:
+COOKIE_PREFIX = "access-token-"
+UNSECURE_PREFIX = "access-token-unsecure-"
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+LOGOUT_PATHS = ("/logout", "/logout/")
+
+
+def session_token(scope: Scope, *, secure_only: bool = False) -> str | None:
+    """The Gradio session token a request carries; with `secure_only`, only the Secure cookie counts
+    (the non-Secure copy could have been set or read over plain http)."""
+    cookie_id = getattr(scope.get("app"), "cookie_id", None)
+    if cookie_id is None:
         return None
     cookies = HTTPConnection(scope).cookies
-    token = cookies.get(f"access-token-{cookie_id}") or cookies.get(f"access-token-unsecure-{cookie_id}")
-    return tokens.get(token) if token else None
+    token = cookies.get(f"{COOKIE_PREFIX}{cookie_id}")
+    if not token and not secure_only:
+        token = cookies.get(f"{UNSECURE_PREFIX}{cookie_id}")
+    return token or None
+
+
+def session_user(scope: Scope, *, secure_only: bool = False) -> str | None:
+    """The user of a Gradio session cookie, or None. `scope["app"]` is the Gradio App."""
+    tokens = getattr(scope.get("app"), "tokens", None)
+    token = session_token(scope, secure_only=secure_only)
+    return tokens.get(token) if tokens and token else None
+
+
+@dataclass
+class Sessions:
+    """When each session token was first seen and last used; ends sessions past either limit."""
+
+    idle_s: float = 30 * 60
+    max_age_s: float = 12 * 3600
+    seen: dict[str, list[float]] = field(default_factory=dict)  # token -> [first seen, last used]
+
+    def record(self, token: str) -> None:
+        now = time.monotonic()
+        self.seen.setdefault(token, [now, now])
+
+    def touch(self, token: str, tokens: MutableMapping[str, str]) -> bool:
+        """True if the session is still valid (and mark it used); else end it in both places."""
+        now = time.monotonic()
+        self.seen.setdefault(token, [now, now])
+        if self._expired(token, now):
+            self.end(token, tokens)
+            return False
+        self.seen[token][1] = now
+        return True
+
+    def end(self, token: str, tokens: MutableMapping[str, str]) -> None:
+        self.seen.pop(token, None)
+        tokens.pop(token, None)
+
+    def sweep(self, tokens: MutableMapping[str, str]) -> None:
+        """End sessions that are gone or expired, so that the registry does not grow without bound."""
+        now = time.monotonic()
+        for token in list(self.seen):
+            if token not in tokens or self._expired(token, now):
+                self.end(token, tokens)
+
+    def _expired(self, token: str, now: float) -> bool:
+        first, last = self.seen[token]
+        return now - first > self.max_age_s or now - last > self.idle_s
 
 
 class RequireLogin:
-    """Pass logged-in requests and the open routes through; answer 401 to everything else."""
+    """Pass logged-in requests and the open routes through; answer 401 to everything else.
 
-    def __init__(self, app: ASGIApp):
+    `secure_only`: only the Secure session cookie counts and the non-Secure one is never set
+    (for an https public URL). `sessions`: the expiry limits."""
+
+    def __init__(self, app: ASGIApp, *, secure_only: bool = False, sessions: Sessions | None = None):
         self.app = app
+        self.secure_only = secure_only
+        self.sessions = sessions or Sessions()
 
     async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
         method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
-        if (is_open(method, scope.get("path", "")) or _launch_probe(scope, method)
-                or session_user(scope) is not None):
-            await self.app(scope, receive, _with_headers(send))
+        path = scope.get("path", "")
+        user = self._live_user(scope)
+        if path in LOGOUT_PATHS and scope["type"] == "http" and (method == "POST" or user is not None):
+            await self._logout(scope, method, send)  # without a session, other methods meet the wall
+            return
+        if is_open(method, path) or _launch_probe(scope, method) or user is not None:
+            await self.app(scope, receive, _with_headers(self._cookie_send(scope, send)))
             return
         if scope["type"] == "websocket":
             await send({"type": "websocket.close", "code": 1008})
             return
-        body = json.dumps({"detail": "Not authenticated"}).encode()
-        await send({"type": "http.response.start", "status": 401, "headers": [
-            (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-            (b"cache-control", b"no-store"), *SECURITY_HEADERS]})
-        await send({"type": "http.response.body", "body": body})
+        await _json_response(send, 401, "Not authenticated")
+
+    def _live_user(self, scope: Scope) -> str | None:
+        """The session's user if the session exists and has not expired (an expired one is ended)."""
+        tokens = getattr(scope.get("app"), "tokens", None)
+        token = session_token(scope, secure_only=self.secure_only)
+        if tokens is None or not token or token not in tokens:
+            return None
+        return tokens.get(token) if self.sessions.touch(token, tokens) else None
+
+    async def _logout(self, scope: Scope, method: str, send: Callable) -> None:
+        """POST only: a GET logout can be triggered by any `<img>` on any site."""
+        if method != "POST":
+            await _json_response(send, 405, "Method Not Allowed", [(b"allow", b"POST")])
+            return
+        app = scope.get("app")
+        token = session_token(scope, secure_only=self.secure_only)
+        if token and getattr(app, "tokens", None) is not None:
+            self.sessions.end(token, app.tokens)
+        cookie_id = getattr(app, "cookie_id", "")
+        expired = [(b"set-cookie", f"{name}{cookie_id}=; Max-Age=0; Path=/; HttpOnly; Secure; SameSite=Lax"
+                    .encode()) for name in (COOKIE_PREFIX, UNSECURE_PREFIX)]
+        # relative, so that it also lands on the app's root when a proxy serves it under a sub-path
+        await send({"type": "http.response.start", "status": 303, "headers": [
+            (b"location", b"./"), (b"content-length", b"0"), (b"cache-control", b"no-store"),
+            *expired, *SECURITY_HEADERS]})
+        await send({"type": "http.response.body", "body": b""})
+
+    def _cookie_send(self, scope: Scope, send: Callable) -> Callable:
+        """Rewrite Gradio's session cookies and record new sessions as they are issued."""
+        app = scope.get("app")
+
+        async def wrapped(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                headers = []
+                for name, value in message.get("headers", []):
+                    if name.lower() == b"set-cookie":
+                        value = self._rewrite_cookie(value.decode("latin-1"), app)
+                        if value is None:
+                            continue
+                        value = value.encode("latin-1")
+                    headers.append((name, value))
+                message["headers"] = headers
+            await send(message)
+
+        return wrapped
+
+    def _rewrite_cookie(self, cookie: str, app: Any) -> str | None:
+        name, _, rest = cookie.partition("=")
+        name = name.strip()
+        if not name.startswith(COOKIE_PREFIX):
+            return cookie
+        if name.startswith(UNSECURE_PREFIX) and self.secure_only:
+            return None
+        value = rest.split(";", 1)[0].strip()
+        tokens = getattr(app, "tokens", None)
+        if value and tokens is not None and value in tokens:
+            self.sessions.sweep(tokens)
+            self.sessions.record(value)
+        parts = [p for p in cookie.split(";") if not p.strip().lower().startswith("samesite")]
+        return "; ".join(p.strip() for p in parts) + "; SameSite=Lax"
+
+
+# -- origin policy ---------------------------------------------------------------------------------
+def origin_of(url: str) -> str | None:
+    """scheme://host[:port], lowercased, default ports dropped; None for anything else ("null")."""
+    try:
+        parts = urlsplit(url.strip())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    default = {"http": 80, "https": 443}[parts.scheme]
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
+
+
+def allowed_origins(public_url: str | None, port: int, host: str | None = None) -> frozenset[str]:
+    """The public URL's origin plus the local development origins of the bound port (and of the bound
+    address itself, so that a browser on the server's own address is same-origin)."""
+    names = ["localhost", "127.0.0.1"]
+    if host and host not in ("0.0.0.0", "::", ""):
+        names.append(host)
+    out = {origin_of(f"http://{n}:{port}") for n in names}
+    if public_url:
+        out.add(origin_of(public_url))
+    return frozenset(o for o in out if o)
+
+
+def refusal(scope: Scope, allowed: frozenset[str]) -> bool:
+    """True if the request comes (or may come) from another site's page."""
+    headers = Headers(scope=scope)
+    method = scope.get("method", "GET") if scope["type"] == "http" else "WEBSOCKET"
+    origin = headers.get("origin")
+    if origin is not None:
+        return origin_of(origin) not in allowed
+    referer = headers.get("referer")
+    if method in STATE_CHANGING and referer and origin_of(referer) not in allowed:
+        return True
+    site = (headers.get("sec-fetch-site") or "").lower()
+    if site in ("cross-site", "same-site"):  # a sibling subdomain is another site for us
+        navigation = (method == "GET" and scope.get("path") == "/"
+                      and (headers.get("sec-fetch-mode") or "").lower() == "navigate")
+        return not navigation
+    return False  # no browser headers: a script, which carries no ambient cookies
+
+
+class OriginPolicy:
+    """Refuse (403) requests from foreign origins before Gradio (and its CORS layer) sees them, and
+    strip any CORS grant for an origin that is not allowed from responses."""
+
+    def __init__(self, app: ASGIApp, *, allowed: frozenset[str]):
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        if refusal(scope, self.allowed):
+            if scope["type"] == "websocket":
+                await send({"type": "websocket.close", "code": 1008})
+            else:
+                await _json_response(send, 403, "cross-origin request refused")
+            return
+        origin = Headers(scope=scope).get("origin")
+        ok = origin is not None and origin_of(origin) in self.allowed
+        await self.app(scope, receive, send if ok else _without_cors(send))
+
+
+def _without_cors(send: Callable) -> Callable:
+    async def wrapped(message: MutableMapping[str, Any]) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [(k, v) for k, v in message.get("headers", [])
+                                  if not k.lower().startswith(b"access-control-")]
+        await send(message)
+
+    return wrapped
+
+
+async def _json_response(send: Callable, status: int, detail: str,
+                         extra: list[tuple[bytes, bytes]] | None = None) -> None:
+    body = json.dumps({"detail": detail}).encode()
+    await send({"type": "http.response.start", "status": status, "headers": [
+        (b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+        (b"cache-control", b"no-store"), *(extra or []), *SECURITY_HEADERS]})
+    await send({"type": "http.response.body", "body": body})
 
 
 def _with_headers(send: Callable) -> Callable:

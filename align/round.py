@@ -303,8 +303,8 @@ class Round:
         return self.write_manifest(time.perf_counter() - t0)
 
     def write_manifest(self, seconds: float) -> Path:
-        names = ("split.json", "prompts", "sft_data", "sft", "sft_model", "feedback.sqlite", "feedback_rm_val.sqlite",
-                 "preferences", "preferences_rm_val", "reward_model", "policy", "evaluation")
+        names = ("split.json", "prompts", "sft_data", "sft", "sft_model", "candidates", "feedback.sqlite",
+                 "feedback_rm_val.sqlite", "preferences", "preferences_rm_val", "reward_model", "policy", "evaluation")
         outputs = [ref(name, self.out / name) for name in names if (self.out / name).exists()]
         store = SQLiteStore(self.out / "feedback.sqlite")
         by_annotator: dict[str, int] = {}

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
+import stat
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TypeVar
 
 from annotation.errors import InputError
 from annotation.records import CandidatePair, Feedback
@@ -27,6 +30,11 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_annotator ON feedback(annotator_id);
 """
+_TABLES = {"pairs": {"id", "data", "created_at"},
+           "feedback": {"pair_id", "annotator_id", "origin", "data", "submitted_at"}}
+_MAGIC = b"SQLite format 3\x00"
+T = TypeVar("T", CandidatePair, Feedback)
+_PRIVATE = 0o600  # votes, comments and clinician names: owner only
 
 
 class SQLiteStore:
@@ -36,10 +44,29 @@ class SQLiteStore:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
+        try:
+            _prepare_file(self.path)
+        except OSError as exc:
+            raise InputError(f"cannot open feedback store: {exc.strerror or exc}", path=str(self.path)) from None
         self._conn = sqlite3.connect(self.path, timeout=30, isolation_level=None, check_same_thread=False)
+        try:
+            self._setup()
+        except sqlite3.OperationalError as exc:  # busy, locked, unreadable: not a damaged file
+            self._conn.close()
+            raise InputError(f"cannot open feedback store: {exc}", path=str(self.path)) from None
+        except sqlite3.DatabaseError as exc:
+            self._conn.close()
+            raise _not_a_store(self.path, str(exc)) from None
+        except BaseException:
+            self._conn.close()
+            raise
+        _tighten(self.path)  # the WAL and SHM exist now
+
+    def _setup(self) -> None:
         self._conn.execute("PRAGMA journal_mode=WAL")
         self._conn.execute("PRAGMA synchronous=NORMAL")
         self._conn.execute("PRAGMA foreign_keys=ON")
+        _check_schema(self._conn, self.path)
         self._conn.executescript(_SCHEMA)
 
     # -- pairs ---------------------------------------------------------------------------------
@@ -51,15 +78,12 @@ class SQLiteStore:
             return cur.execute("SELECT COUNT(*) FROM pairs").fetchone()[0] - before
 
     def get_pair(self, pair_id: str) -> CandidatePair | None:
-        with self._lock:
-            row = self._conn.execute("SELECT data FROM pairs WHERE id = ?", (pair_id,)).fetchone()
-        return CandidatePair.from_dict(json.loads(row[0])) if row else None
+        rows = self._read("SELECT data FROM pairs WHERE id = ?", (pair_id,))
+        return self._load(CandidatePair, rows[0][0]) if rows else None
 
     def iter_pairs(self) -> Iterator[CandidatePair]:
-        with self._lock:
-            rows = self._conn.execute("SELECT data FROM pairs ORDER BY created_at, id").fetchall()
-        for (data,) in rows:
-            yield CandidatePair.from_dict(json.loads(data))
+        for (data,) in self._read("SELECT data FROM pairs ORDER BY created_at, id"):
+            yield self._load(CandidatePair, data)
 
     # -- feedback ------------------------------------------------------------------------------
     def add_feedback(self, items: Sequence[Feedback]) -> int:
@@ -78,10 +102,8 @@ class SQLiteStore:
             return cur.execute("SELECT COUNT(*) FROM feedback").fetchone()[0] - before
 
     def iter_feedback(self) -> Iterator[Feedback]:
-        with self._lock:
-            rows = self._conn.execute("SELECT data FROM feedback ORDER BY submitted_at, pair_id, annotator_id").fetchall()
-        for (data,) in rows:
-            yield Feedback.from_dict(json.loads(data))
+        for (data,) in self._read("SELECT data FROM feedback ORDER BY submitted_at, pair_id, annotator_id"):
+            yield self._load(Feedback, data)
 
     def has_feedback(self, pair_id: str, annotator_id: str) -> bool:
         with self._lock:
@@ -90,10 +112,9 @@ class SQLiteStore:
         return row is not None
 
     def counts(self) -> dict[str, int]:
-        with self._lock:
-            pairs = self._conn.execute("SELECT COUNT(*) FROM pairs").fetchone()[0]
-            feedback = self._conn.execute("SELECT COUNT(*) FROM feedback").fetchone()[0]
-            annotators = self._conn.execute("SELECT COUNT(DISTINCT annotator_id) FROM feedback").fetchone()[0]
+        pairs = self._read("SELECT COUNT(*) FROM pairs")[0][0]
+        feedback = self._read("SELECT COUNT(*) FROM feedback")[0][0]
+        annotators = self._read("SELECT COUNT(DISTINCT annotator_id) FROM feedback")[0][0]
         return {"pairs": pairs, "feedback": feedback, "annotators": annotators}
 
     def close(self) -> None:
@@ -107,6 +128,23 @@ class SQLiteStore:
         self.close()
 
     # -- helpers -------------------------------------------------------------------------------
+    def _read(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Run a query; a damaged file (not a busy one) is a clear error rather than sqlite's."""
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError:
+                raise
+            except sqlite3.DatabaseError as exc:
+                raise _not_a_store(self.path, f"damaged: {exc}") from None
+
+    def _load(self, cls: type[T], data: object) -> T:
+        """Decode one stored record; a damaged one names the store instead of a raw JSON error."""
+        try:
+            return cls.from_dict(json.loads(data))
+        except (TypeError, ValueError, KeyError, AttributeError):
+            raise _not_a_store(self.path, "a stored record is damaged") from None
+
     def _transaction(self):
         store = self
 
@@ -125,3 +163,51 @@ class SQLiteStore:
                 return False
 
         return _Tx()
+
+
+def _not_a_store(path: Path, why: str) -> InputError:
+    return InputError(f"not a clinalign feedback store: {path} ({why})")
+
+
+def _prepare_file(path: Path) -> None:
+    """Create a new store file 0600 (SQLite gives the WAL and SHM the database file's mode), or check
+    that an existing one is a SQLite database and tighten its mode."""
+    if path.is_dir():
+        raise _not_a_store(path, "it is a directory")
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, _PRIVATE)
+    except FileExistsError:
+        if not path.is_file():
+            raise _not_a_store(path, "not a regular file") from None
+        with open(path, "rb") as fh:
+            head = fh.read(len(_MAGIC))
+        if head and head != _MAGIC:  # an empty file is a fresh database to SQLite
+            raise _not_a_store(path, "file is not a SQLite database") from None
+        _tighten(path)
+    else:
+        os.close(fd)
+
+
+def _tighten(path: Path) -> None:
+    """Owner-only mode for the database and its -wal / -shm files (fixes stores made before)."""
+    for f in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            mode = stat.S_IMODE(f.stat().st_mode)
+            if mode & 0o077:
+                f.chmod(mode & _PRIVATE)
+        except FileNotFoundError:
+            continue
+
+
+def _check_schema(conn: sqlite3.Connection, path: Path) -> None:
+    """A database with tables of its own must hold ours with our columns; an empty one gets them."""
+    tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if not tables:
+        return
+    for table, columns in _TABLES.items():
+        if table not in tables:
+            raise _not_a_store(path, f"has no {table} table; tables: {', '.join(sorted(tables))}")
+        have = {r[1] for r in conn.execute(f"PRAGMA table_info({table})")}
+        if not columns <= have:
+            missing = ", ".join(sorted(columns - have))
+            raise _not_a_store(path, f"wrong schema: {table} table lacks {missing}")

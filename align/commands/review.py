@@ -96,6 +96,22 @@ def add_user_cmd(
     console.print(f"{'added' if new else 'reset password of'} [bold]{name}[/] ({role}) in {users}")
 
 
+@review_app.command("unlock")
+def unlock_cmd(
+    name: Annotated[str, typer.Argument(help="Login name to unlock.")],
+    users: Annotated[str, typer.Option("--users", help="Users file whose lockout state (<users>.lockouts.json) to edit.")] = "review-users.json",
+) -> None:
+    """Clear an account's failed sign-ins and lockout (takes effect on a running app at its next login)."""
+    from annotation.review.throttle import Throttle, hhmm_utc
+
+    if not Path(users).exists():
+        raise InputError("users file not found", path=users)
+    cleared = Throttle.beside(users).unlock(name)
+    until = cleared["locked_until"]
+    state = f"locked until {hhmm_utc(until)}" if until else "not locked"
+    console.print(f"unlocked [bold]{name}[/]: was {state}, {cleared['failures']} recent failed sign-in(s) cleared")
+
+
 @review_app.command("pairs")
 def pairs_cmd(
     pairs_file: Annotated[str, typer.Argument(help="JSONL of candidate pairs (prompt, response_a, response_b, model_a, model_b, ...).")],

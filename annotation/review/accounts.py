@@ -9,6 +9,9 @@ Passwords never travel through argv: the CLI reads them from an environment vari
 
 With the Argilla backend, `ArgillaAccounts` checks logins against the Argilla server's own users
 instead (`POST /api/v1/token`), so clinicians keep one account; Argilla owners/admins are admins here.
+
+Failed sign-ins are throttled by `throttle.Throttle` (state `<users>.lockouts.json`, audit log
+`<users>.audit.jsonl`, both beside the users file); the Argilla form keeps its throttle in memory.
 """
 
 from __future__ import annotations
@@ -21,13 +24,13 @@ import os
 import re
 import secrets
 import tempfile
-import threading
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from annotation.errors import InputError
 from annotation.records import utc_now
+from annotation.review.throttle import DEFAULT_LIMIT, LockedOut, Throttle
 
 SCHEMA = "clinalign.review-users/1"
 ROLES = ("clinician", "admin")
@@ -35,8 +38,7 @@ USERNAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{1,63}$")
 MIN_PASSWORD_LEN = 10
 # scrypt n=2^15, r=8, p=1: ~32 MiB and ~0.1 s per check here; slow enough to make guessing costly.
 DEFAULT_SCRYPT = (2**15, 8, 1)
-MAX_FAILURES = 5  # failed logins per user within LOCKOUT_S before further attempts are refused
-LOCKOUT_S = 300.0
+MAX_FAILURES = DEFAULT_LIMIT  # failed logins per user before the account is locked (see throttle.py)
 
 
 def hash_password(password: str, *, n: int = DEFAULT_SCRYPT[0], r: int = DEFAULT_SCRYPT[1],
@@ -77,22 +79,21 @@ class Account:
 
 
 class UserBook:
-    """The accounts in one users file, with a per-user lockout after repeated failed logins."""
+    """The accounts in one users file; failed logins go through a persisted `Throttle`."""
 
-    def __init__(self, path: str | os.PathLike, accounts: dict[str, Account]):
+    def __init__(self, path: str | os.PathLike, accounts: dict[str, Account], throttle: Throttle | None = None):
         self.path = Path(path)
         self.accounts = accounts
-        self._failures: dict[str, list[float]] = {}
-        self._lock = threading.Lock()
+        self.throttle = throttle if throttle is not None else Throttle.beside(self.path)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, *, must_exist: bool = True) -> UserBook:
+    def load(cls, path: str | os.PathLike, *, must_exist: bool = True, throttle: Throttle | None = None) -> UserBook:
         path = Path(path)
         if not path.exists():
             if must_exist:
                 raise InputError("users file not found (create one with `clinalign review add-user`)",
                                  path=str(path))
-            return cls(path, {})
+            return cls(path, {}, throttle)
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -108,40 +109,62 @@ class UserBook:
                 raise InputError(f"role must be one of {', '.join(ROLES)}, got {role!r}", path=str(path),
                                  record=name)
             accounts[name] = Account(name, role, entry["hash"])
-        return cls(path, accounts)
+        return cls(path, accounts, throttle)
 
     def role(self, username: str | None) -> str | None:
         account = self.accounts.get(username or "")
         return account.role if account else None
 
-    def check(self, username: str, password: str) -> bool:
-        """True when the password is right and the user is not locked out."""
-        if self.locked(username):
+    def check(self, username: str, password: str, client: str | None = None) -> bool:
+        """True when the password is right and no limit refuses the attempt."""
+        try:
+            return self.login(username, password, client)
+        except LockedOut:
             return False
+
+    def login(self, username: str, password: str, client: str | None = None) -> bool:
+        """Like `check`, but a throttled attempt raises LockedOut (with a message for the user)."""
+        return guarded(self.throttle, username, client, lambda: self._verify(username, password))
+
+    def _verify(self, username: str, password: str) -> bool:
         account = self.accounts.get(username)
         # Hash even for unknown users so that response time does not reveal which names exist.
         ok = verify_password(password, account.password_hash if account else _DUMMY_HASH)
-        ok = ok and account is not None
-        if not ok:
-            self.fail(username)
-        return ok
+        return ok and account is not None
 
     def locked(self, username: str) -> bool:
-        now = time.monotonic()
-        with self._lock:
-            recent = [t for t in self._failures.get(username, []) if now - t < LOCKOUT_S]
-            self._failures[username] = recent
-            return len(recent) >= MAX_FAILURES
-
-    def fail(self, username: str) -> None:
-        with self._lock:
-            self._failures.setdefault(username, []).append(time.monotonic())
+        return self.throttle.locked_until(username) is not None
 
     async def acheck(self, username: str, password: str) -> bool:
         """Async form for Gradio: scrypt runs in a worker thread, never on the event loop."""
-        import asyncio
+        return await _gradio_auth(self.login, username, password)
 
-        return await asyncio.to_thread(self.check, username, password)
+
+def guarded(throttle: Throttle, username: str, client: str | None,
+            verify: Callable[[], bool | None]) -> bool:
+    """Reserve an attempt slot (raises LockedOut), verify, record the outcome.
+    `verify` returns None for "no verdict" (backend down): refused, not counted as a failure."""
+    keys = throttle.reserve(username, client)
+    ok: bool | None = False
+    try:
+        ok = verify()
+    finally:
+        throttle.finish(keys, ok, username, client)  # an exception inside verify counts as a failure
+    return bool(ok)
+
+
+async def _gradio_auth(login: Callable[[str, str], bool], username: str, password: str) -> bool:
+    """Gradio's `auth=` hook has no request, so no client address. A lockout is raised as HTTP 429
+    with the reason: API clients see it, but Gradio's own login page still shows only its fixed
+    "Incorrect credentials" text (it ignores the response body)."""
+    import asyncio
+
+    from fastapi import HTTPException
+
+    try:
+        return await asyncio.to_thread(login, username, password)
+    except LockedOut as exc:
+        raise HTTPException(status_code=429, detail=exc.message) from None
 
 
 _DUMMY_HASH = "scrypt$32768$8$1$" + _b64(b"\0" * 16) + "$" + _b64(b"\0" * 32)
@@ -191,11 +214,11 @@ def _write_private(path: Path, data: dict) -> None:
 class ArgillaAccounts:
     """Logins checked against an Argilla server's users (same interface as UserBook)."""
 
-    def __init__(self, api_url: str, *, timeout: float = 15.0):
+    def __init__(self, api_url: str, *, timeout: float = 15.0, throttle: Throttle | None = None):
         self.api_url = api_url.rstrip("/")
         self.timeout = timeout
         self._roles: dict[str, str] = {}
-        self._guard = UserBook(Path("argilla-users"), {})  # reuses its lockout bookkeeping only
+        self.throttle = throttle if throttle is not None else Throttle()  # in memory: no local file here
 
     @classmethod
     def from_env(cls) -> ArgillaAccounts:
@@ -211,26 +234,30 @@ class ArgillaAccounts:
     def role(self, username: str | None) -> str | None:
         return self._roles.get(username or "")
 
-    def check(self, username: str, password: str) -> bool:
+    def check(self, username: str, password: str, client: str | None = None) -> bool:
+        try:
+            return self.login(username, password, client)
+        except LockedOut:
+            return False
+
+    def login(self, username: str, password: str, client: str | None = None) -> bool:
+        return bool(guarded(self.throttle, username, client, lambda: self._verify(username, password)))
+
+    def _verify(self, username: str, password: str) -> bool | None:
         import httpx
 
-        if self._guard.locked(username):
-            return False
         try:
             with httpx.Client(base_url=self.api_url, timeout=self.timeout) as http:
                 r = http.post("/api/v1/token", data={"username": username, "password": password})
                 if r.status_code not in (200, 201):
-                    self._guard.fail(username)
                     return False
                 me = http.get("/api/v1/me", headers={"Authorization": f"Bearer {r.json()['access_token']}"})
                 me.raise_for_status()
         except (httpx.HTTPError, KeyError, ValueError):
-            return False  # server down or odd answer: refuse rather than let anyone in
+            return None  # server down or odd answer: refuse, but do not count it against the user
         server_role = me.json().get("role", "annotator")
         self._roles[username] = "admin" if server_role in ("owner", "admin") else "clinician"
         return True
 
     async def acheck(self, username: str, password: str) -> bool:
-        import asyncio
-
-        return await asyncio.to_thread(self.check, username, password)
+        return await _gradio_auth(self.login, username, password)

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 from annotation.leaderboard import build_leaderboard, comparisons_from_feedback, plot_leaderboard
 from annotation.review.accounts import ArgillaAccounts, UserBook
-from annotation.review.queue import ReviewError, ReviewQueue, Ticket, VoteResult
+from annotation.review.queue import MAX_TEXT_CHARS, ReviewError, ReviewQueue, Ticket, VoteResult
 from annotation.review.security import OriginPolicy, RequireLogin, Sessions, allowed_origins, origin_of
 from annotation.store import FeedbackStore
 
@@ -120,7 +120,8 @@ class ReviewApp:
         self.demo.queue(default_concurrency_limit=None, status_update_rate=10)
         app, url, _ = self.demo.launch(
             server_name=host, server_port=port, auth=self.users.acheck,
-            auth_message="clinalign blind review: sign in with the account your study lead gave you.",
+            auth_message=("clinalign blind review: sign in with the account your study lead gave you. After 5 "
+                          "failed sign-ins an account is locked for 15 minutes; your study lead can unlock it."),
             share=False, ssr_mode=False, mcp_server=False, prevent_thread_lock=True, quiet=quiet,
             show_error=True, enable_monitoring=False, footer_links=[], pwa=False,
             app_kwargs={"middleware": [origin, login], "lifespan": _outermost(origin)},
@@ -203,12 +204,13 @@ def _md_text(text: str) -> str:
 # -- the app -------------------------------------------------------------------------------------
 def build_app(store: FeedbackStore, users: UserBook | ArgillaAccounts, *, queue: ReviewQueue | None = None,
               include_same_model: bool = False, leaderboard_bootstrap: int = 200,
-              public_min_votes: int = 30, public_min_clinicians: int = 3) -> ReviewApp:
+              public_min_votes: int = 30, public_min_clinicians: int = 3,
+              max_text_chars: int = MAX_TEXT_CHARS) -> ReviewApp:
     """`public_min_*`: clinicians see the leaderboard only once this many votes from this many
     clinicians are in, so that totals cannot be traced back to one colleague's votes (admins always)."""
     import gradio as gr
 
-    queue = queue or ReviewQueue(store, include_same_model=include_same_model)
+    queue = queue or ReviewQueue(store, include_same_model=include_same_model, max_text_chars=max_text_chars)
 
     def _user(request: gr.Request | None) -> str:
         user = getattr(request, "username", None)
@@ -245,9 +247,10 @@ def build_app(store: FeedbackStore, users: UserBook | ArgillaAccounts, *, queue:
         if not ticket_id:
             raise gr.Error("There is no pair open; reload the page.")
         try:
-            result = queue.vote(user, ticket_id, choice, strength=int(strength or 2), comment=comment or "",
-                                correction=correction or "", correction_side=correction_side or "",
-                                flagged=bool(flagged))
+            # types are checked by the queue (no int()/bool() here: 2.7 or "no" must be refused)
+            result = queue.vote(user, ticket_id, choice, strength=2 if strength is None else strength,
+                                comment=comment or "", correction=correction or "",
+                                correction_side=correction_side or "", flagged=False if flagged is None else flagged)
         except ReviewError as exc:
             raise gr.Error(str(exc)) from None
         cleared = [gr.update(value=2), "", "", gr.update(value=None), False]
@@ -271,8 +274,8 @@ def build_app(store: FeedbackStore, users: UserBook | ArgillaAccounts, *, queue:
         """Vote on a ticket from next_pair: choice A, B, tie or both_unsafe (displayed sides)."""
         user = _user(request)
         try:
-            result = queue.vote(user, ticket, choice, strength=int(strength), comment=comment,
-                                correction=correction, correction_side=correction_of, flagged=bool(flagged))
+            result = queue.vote(user, ticket, choice, strength=strength, comment=comment,
+                                correction=correction, correction_side=correction_of, flagged=flagged)
         except ReviewError as exc:
             raise gr.Error(str(exc)) from None
         return result.to_dict()

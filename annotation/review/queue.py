@@ -23,6 +23,7 @@ from annotation.store import FeedbackStore
 # Displayed choices (what the clinician clicks) -> stored preference, given which side was left.
 DISPLAY_CHOICES = ("A", "B", "tie", "both_unsafe")
 REFRESH_S = 30.0  # how often new pairs / other processes' votes are picked up from the store
+MAX_TEXT_CHARS = 8000  # per comment / correction: bounds the store and the PHI gate at export
 
 
 class ReviewError(ClinalignError):
@@ -75,8 +76,10 @@ def to_pair_terms(choice: str, shown_left: str) -> str:
 class ReviewQueue:
     """Thread-safe queue shared by all sessions of one app process."""
 
-    def __init__(self, store: FeedbackStore, *, include_same_model: bool = False, seed: int | None = None):
+    def __init__(self, store: FeedbackStore, *, include_same_model: bool = False, seed: int | None = None,
+                 max_text_chars: int = MAX_TEXT_CHARS):
         self.store = store
+        self.max_text_chars = max_text_chars
         self.include_same_model = include_same_model
         self._rng = secrets.SystemRandom() if seed is None else random.Random(seed)
         self._lock = threading.Lock()
@@ -159,7 +162,10 @@ class ReviewQueue:
     # -- voting --------------------------------------------------------------------------------
     def vote(self, user: str, ticket_id: str, choice: str, *, strength: int = 2, comment: str = "",
              correction: str = "", correction_side: str = "", flagged: bool = False) -> VoteResult:
-        """Record one vote; a retry of the same ticket (or a second vote on the pair) stores nothing."""
+        """Record one vote; a retry of the same ticket (or a second vote on the pair) stores nothing.
+        Inputs come from the network: anything of the wrong type or size is a ReviewError."""
+        check_vote_inputs(ticket_id, choice, strength, comment, correction, correction_side, flagged,
+                          max_chars=self.max_text_chars)
         ticket = self.ticket(user, ticket_id)
         if ticket.result is not None:  # retried request: answer as before, store nothing
             return _replay(ticket.result)
@@ -232,6 +238,27 @@ class ReviewQueue:
         mine = [t for t in self._tickets.values() if t.user == user]
         for old in sorted(mine, key=lambda t: t.shown_at)[:-keep]:
             self._tickets.pop(old.id, None)
+
+
+def check_vote_inputs(ticket_id: object, choice: object, strength: object, comment: object,
+                      correction: object, correction_side: object, flagged: object, *, max_chars: int) -> None:
+    """Refuse wrong types and sizes with a short message for the clinician (never Python's text).
+    Strength is a real int (not a bool, float or digit string); the flag a real bool."""
+    if not isinstance(ticket_id, str) or not ticket_id:
+        raise ReviewError("there is no pair open; reload to get the next one")
+    if not isinstance(choice, str) or choice not in DISPLAY_CHOICES:
+        raise ReviewError(f"choice must be one of {', '.join(DISPLAY_CHOICES)}")
+    if type(strength) is not int or not 1 <= strength <= 3:
+        raise ReviewError("strength must be 1 (slight), 2 (clear) or 3 (strong)")
+    if type(flagged) is not bool:
+        raise ReviewError("the safety flag must be true or false")
+    if correction_side is not None and correction_side not in ("", "A", "B"):
+        raise ReviewError("the corrected answer must be A or B")
+    for name, text in (("comment", comment), ("correction", correction)):
+        if text is not None and not isinstance(text, str):
+            raise ReviewError(f"{name} must be text")
+        if text and len(text) > max_chars:
+            raise ReviewError(f"{name} is longer than {max_chars} characters")
 
 
 def _replay(result: VoteResult) -> VoteResult:

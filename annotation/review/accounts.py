@@ -23,11 +23,11 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from annotation.atomic import write_private_text
 from annotation.errors import InputError
 from annotation.records import utc_now
 from annotation.review.throttle import DEFAULT_LIMIT, LockedOut, Throttle
@@ -198,17 +198,7 @@ def add_user(path: str | os.PathLike, username: str, password: str, *, role: str
 
 
 def _write_private(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=2)
-            fh.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_private_text(path, json.dumps(data, indent=2) + "\n")
 
 
 class ArgillaAccounts:

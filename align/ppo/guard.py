@@ -9,10 +9,11 @@ is pure (no model), so the thresholds are unit-testable on hand-made sequences.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from align.evaluation.stats import distinct_n  # noqa: F401  (re-exported: the trainer logs it)
 from annotation.errors import ClinalignError
 
 KL_OVER_BUDGET = "kl_over_budget"
@@ -21,12 +22,6 @@ EOS_RATE_DROP = "eos_rate_drop"
 REPETITION = "repetition"
 REWARD_JUDGE_DIVERGENCE = "reward_judge_divergence"
 FLAGS = (KL_OVER_BUDGET, LENGTH_DRIFT, EOS_RATE_DROP, REPETITION, REWARD_JUDGE_DIVERGENCE)
-
-
-def distinct_n(texts: Iterable[str], n: int = 2) -> float:
-    """Unique word n-grams / all word n-grams over a batch (1.0 when there are none: nothing repeats)."""
-    grams = [tuple(words[i:i + n]) for words in (t.split() for t in texts) for i in range(len(words) - n + 1)]
-    return len(set(grams)) / len(grams) if grams else 1.0
 
 
 @dataclass

@@ -78,7 +78,21 @@ class Account:
     password_hash: str
 
 
-class UserBook:
+class _ThrottledLogin:
+    """`check` for Gradio's auth= callable: False instead of LockedOut (both account kinds share it)."""
+
+    def login(self, username: str, password: str, client: str | None = None) -> bool:
+        raise NotImplementedError
+
+    def check(self, username: str, password: str, client: str | None = None) -> bool:
+        """True when the password is right and no limit refuses the attempt."""
+        try:
+            return self.login(username, password, client)
+        except LockedOut:
+            return False
+
+
+class UserBook(_ThrottledLogin):
     """The accounts in one users file; failed logins go through a persisted `Throttle`."""
 
     def __init__(self, path: str | os.PathLike, accounts: dict[str, Account], throttle: Throttle | None = None):
@@ -115,12 +129,6 @@ class UserBook:
         account = self.accounts.get(username or "")
         return account.role if account else None
 
-    def check(self, username: str, password: str, client: str | None = None) -> bool:
-        """True when the password is right and no limit refuses the attempt."""
-        try:
-            return self.login(username, password, client)
-        except LockedOut:
-            return False
 
     def login(self, username: str, password: str, client: str | None = None) -> bool:
         """Like `check`, but a throttled attempt raises LockedOut (with a message for the user)."""
@@ -201,7 +209,7 @@ def _write_private(path: Path, data: dict) -> None:
     write_private_text(path, json.dumps(data, indent=2) + "\n")
 
 
-class ArgillaAccounts:
+class ArgillaAccounts(_ThrottledLogin):
     """Logins checked against an Argilla server's users (same interface as UserBook)."""
 
     def __init__(self, api_url: str, *, timeout: float = 15.0, throttle: Throttle | None = None):
@@ -223,12 +231,6 @@ class ArgillaAccounts:
 
     def role(self, username: str | None) -> str | None:
         return self._roles.get(username or "")
-
-    def check(self, username: str, password: str, client: str | None = None) -> bool:
-        try:
-            return self.login(username, password, client)
-        except LockedOut:
-            return False
 
     def login(self, username: str, password: str, client: str | None = None) -> bool:
         return bool(guarded(self.throttle, username, client, lambda: self._verify(username, password)))

@@ -21,14 +21,19 @@ def _load_commands() -> None:
         importlib.import_module(f"align.commands.{mod.name}")
 
 
+def one_line(text: str) -> str:
+    """The message with its line breaks folded, so that an error is always one line."""
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
+
+
 def main(argv: list[str] | None = None) -> int:
     _load_commands()
     try:
         app(args=argv, standalone_mode=True)
     except ClinalignError as exc:
-        from rich.console import Console
-
-        Console(stderr=True).print(f"[bold red]error:[/] {exc}", highlight=False, markup=True)
+        # Plain text on one line: a dataset name, a path or a server's reply may hold "[...]",
+        # which rich would read as markup (and crash on, or silently drop).
+        print(f"error: {one_line(str(exc))}", file=sys.stderr, flush=True)
         return 2
     except SystemExit as exc:
         return int(exc.code or 0) if not isinstance(exc.code, str) else 1

@@ -280,23 +280,24 @@ def render(w: Workload, rows: list[PlanRow], console=None) -> PlanRow | None:
     """Print the plan as a rich table and the recommendation; returns the recommended row."""
     from rich.console import Console
     from rich.table import Table
+    from rich.text import Text
 
     console = console or Console()
     arch = architecture(w.model)
     total, _ = param_counts(arch, head="score" if w.stage == "reward" else "lm")
-    table = Table(title=f"{w.model} · {w.stage} · {w.gpus} GPU(s) on {w.nodes} node(s) · "
+    table = Table(title=Text(f"{w.model} · {w.stage} · {w.gpus} GPU(s) on {w.nodes} node(s) · "
                         f"{w.gpu_mem_gb:g} GB/GPU · micro-batch {w.micro_batch} × {w.seq_len} tokens "
-                        f"· {total / 1e9:.2f}B params")
+                        f"· {total / 1e9:.2f}B params"))
     for col in ("setup", "LoRA", "states", "frozen", "ref", "RM", "value", "activ.", "total/GPU",
                 "CPU/node", "fits"):
         table.add_column(col, justify="left" if col in ("setup", "LoRA", "fits") else "right",
                          no_wrap=col == "setup")
     for row in rows:
         ok = fits(row, w)
-        table.add_row(row.option.label, f"r={w.lora_r}" if row.lora else "full",
+        table.add_row(Text(row.option.label), f"r={w.lora_r}" if row.lora else "full",
                       *(f"{v / GB:.1f}" for v in (row.states, row.frozen, row.reference, row.reward,
                                                    row.value, row.activations, row.total, row.cpu_per_node)),
-                      "[green]yes[/]" if ok else "[red]no[/]")
+                      Text("yes", style="green") if ok else Text("no", style="red"))
     console.print(table)
     console.print("GB = 2^30 bytes. states: trained params + grads + optimizer (DeepSpeed's cold "
                   "estimators); frozen: LoRA base weights; ref/RM: frozen reference / reward model; "
@@ -305,10 +306,10 @@ def render(w: Workload, rows: list[PlanRow], console=None) -> PlanRow | None:
                   f"{w.headroom:.0%} of each GPU kept free.", style="dim")
     best = recommend(w, rows)
     if best is None:
-        console.print(f"[bold red]Nothing fits[/] {w.gpus} × {w.gpu_mem_gb:g} GB: add GPUs, shorten "
-                      "sequences, lower the micro-batch, or use LoRA.")
+        console.print(Text.assemble(("Nothing fits", "bold red"), f" {w.gpus} × {w.gpu_mem_gb:g} GB: add GPUs, "
+                                    "shorten sequences, lower the micro-batch, or use LoRA."))
     else:
-        console.print(f"[bold green]Recommended:[/] {best.option.label} "
-                      f"({'LoRA' if best.lora else 'full fine-tuning'}), {best.total / GB:.1f} GB/GPU → "
-                      f"deepspeed: {best.option.config}")
+        console.print(Text.assemble(("Recommended:", "bold green"), f" {best.option.label} "
+                                    f"({'LoRA' if best.lora else 'full fine-tuning'}), {best.total / GB:.1f} GB/GPU → "
+                                    f"deepspeed: {best.option.config}"))
     return best

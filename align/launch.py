@@ -249,6 +249,7 @@ def build_command(req: LaunchRequest) -> list[str]:
 def launch(req: LaunchRequest, *, dry_run: bool = False, console=None) -> int:
     """Check, print, and (unless dry-run) run; returns the launcher's exit code."""
     from rich.console import Console
+    from rich.text import Text
 
     console = console or Console()
     if not Path(req.config).is_file():
@@ -257,17 +258,17 @@ def launch(req: LaunchRequest, *, dry_run: bool = False, console=None) -> int:
     req.config = str(Path(req.config).resolve())
     checks = run_checks(req)
     for c in checks:
-        mark = "[green]  ok[/]" if c.ok else ("[red]FAIL[/]" if c.fatal else "[yellow]warn[/]")
-        console.print(f"{mark} {c.name}: {c.message}", highlight=False)
+        mark = ("  ok", "green") if c.ok else (("FAIL", "red") if c.fatal else ("warn", "yellow"))
+        console.print(Text.assemble(mark, f" {c.name}: {c.message}"), highlight=False)
     cmd = build_command(req)
     failed = [c for c in checks if not c.ok and c.fatal]
     if dry_run:
-        console.print("[bold]would run:[/] " + display(cmd), highlight=False, soft_wrap=True)
+        console.print(Text.assemble(("would run:", "bold"), " " + display(cmd)), highlight=False, soft_wrap=True)
         return 0
     if failed:
         raise ClinalignError(f"{len(failed)} pre-launch check(s) failed: "
                              + "; ".join(f"{c.name}: {c.message}" for c in failed))
-    console.print("[bold]running:[/] " + display(cmd), highlight=False, soft_wrap=True)
+    console.print(Text.assemble(("running:", "bold"), " " + display(cmd)), highlight=False, soft_wrap=True)
     return subprocess.run(cmd, cwd=REPO_ROOT).returncode
 
 

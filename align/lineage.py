@@ -231,6 +231,7 @@ def render(root: Node):
 def check(start: str | Path, console=None) -> Node:
     """Print the tree; raise ClinalignError naming every missing or altered link."""
     from rich.console import Console
+    from rich.text import Text
 
     console = console or Console()
     root = trace(start)
@@ -238,7 +239,7 @@ def check(start: str | Path, console=None) -> Node:
     bad = problems(root)
     changed = [n for n in root.walk() if n.status == CHANGED]
     for n in changed:
-        console.print(f"[yellow]warning:[/] {n.role} {n.path}: {n.detail}")
+        console.print(Text.assemble(("warning:", "yellow"), f" {n.role} {n.path}: {n.detail}"))
     if bad:
         listed = "; ".join(f"{n.role} {n.path}: {n.status} ({n.detail})" for n in bad)
         raise ClinalignError(f"lineage of {start} is broken: {len(bad)} input(s) missing or altered: {listed}")

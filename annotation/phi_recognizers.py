@@ -10,13 +10,58 @@ label such as "MRN:" stays in the text and only the value is redacted.
 
 from __future__ import annotations
 
-import importlib.util
 import re
+import threading
 from collections.abc import Iterable
-from functools import lru_cache
-from pathlib import Path
 
-from presidio_analyzer import EntityRecognizer, RecognizerResult
+# spaCy's thinc imports torch when it is installed, and Presidio imports transformers for an NLP engine
+# clinalign does not use: together 6-10 s of a process's start for nothing. While spaCy and Presidio are
+# imported, this thread (only this one) sees them as absent, unless the process has already imported
+# them. (thinc then reports has_torch=False for the process: only spaCy pipelines wrapping PyTorch
+# models, which the gate does not use, would need it. torch itself imports as usual afterwards.)
+_HEAVY_MODULES = ("torch", "transformers")
+
+
+class _HideHeavyModules:
+    """A meta-path finder that makes `import torch` / `import transformers` fail in one thread."""
+
+    def __init__(self, modules: tuple[str, ...]):
+        self.modules, self.thread = modules, threading.get_ident()
+
+    def find_spec(self, name, path=None, target=None):
+        if threading.get_ident() == self.thread and name.partition(".")[0] in self.modules:
+            raise ModuleNotFoundError(f"{name} is not needed by the PHI gate", name=name)
+        return None
+
+
+def import_presidio():
+    """spaCy, Presidio's engine classes and the four Presidio recognizers clinalign keeps, imported with
+    torch and transformers hidden from this thread (unless the process already has them)."""
+    import sys
+
+    hidden = tuple(m for m in _HEAVY_MODULES if m not in sys.modules)
+    finder = _HideHeavyModules(hidden)
+    if hidden:
+        sys.meta_path.insert(0, finder)
+    try:
+        import spacy
+        from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
+        from presidio_analyzer.nlp_engine import SpacyNlpEngine
+        from presidio_analyzer.predefined_recognizers import (
+            EmailRecognizer,
+            IpRecognizer,
+            SpacyRecognizer,
+            UrlRecognizer,
+        )
+    finally:
+        if finder in sys.meta_path:
+            sys.meta_path.remove(finder)
+    return spacy, AnalyzerEngine, RecognizerRegistry, SpacyNlpEngine, (EmailRecognizer, IpRecognizer,
+                                                                      SpacyRecognizer, UrlRecognizer)
+
+
+import_presidio()  # before the import below, which would otherwise bring torch and transformers in
+from presidio_analyzer import EntityRecognizer, RecognizerResult  # noqa: E402
 
 # Our entity types (the placeholders are "[TYPE]"); Presidio's names are mapped onto these.
 NAME, DATE, AGE, PHONE, EMAIL, ADDRESS, SSN, MRN = "NAME", "DATE", "AGE", "PHONE", "EMAIL", "ADDRESS", "SSN", "MRN"
@@ -111,24 +156,22 @@ class HospitalRecognizer(RegexGroupRecognizer):
 
 
 # Census first names that are far more often ordinary words or months in a note.
-_FIRST_NAME_STOP = {"MAY", "JUNE", "APRIL", "AUGUST", "WILL", "HOPE", "GRACE", "BELL", "MARK", "BILL", "FAITH",
-                    "JOY", "SUMMER", "GENE", "DEAN", "ROSE", "LONG", "CHANCE", "PAGE", "MAJOR", "SON", "KING",
-                    "PATIENT", "CHRISTIAN", "IVY", "DAISY", "CHERRY", "SUNDAY"}
+FIRST_NAME_STOP = {"MAY", "JUNE", "APRIL", "AUGUST", "WILL", "HOPE", "GRACE", "BELL", "MARK", "BILL", "FAITH",
+                   "JOY", "SUMMER", "GENE", "DEAN", "ROSE", "LONG", "CHANCE", "PAGE", "MAJOR", "SON", "KING",
+                   "PATIENT", "CHRISTIAN", "IVY", "DAISY", "CHERRY", "SUNDAY"}
 
 
-@lru_cache(maxsize=1)
 def census_first_names() -> frozenset[str]:
-    """US Census 1990 first names shipped in PyPI `names` (MIT); empty if the package is absent."""
-    spec = importlib.util.find_spec("names")
-    if spec is None or not spec.submodule_search_locations:
-        return frozenset()
-    folder = Path(list(spec.submodule_search_locations)[0])
-    out = set()
-    for fname in ("dist.male.first", "dist.female.first"):
-        path = folder / fname
-        if path.is_file():
-            out.update(line.split()[0] for line in path.read_text().splitlines() if line.strip())
-    return frozenset(out - _FIRST_NAME_STOP)
+    """US Census 1990 first names shipped in PyPI `names` (MIT), less FIRST_NAME_STOP; empty if the
+    package is absent. Read once with the gate's vocabulary (`annotation.phi_vocabulary`, cached)."""
+    from annotation.phi_vocabulary import vocabulary
+
+    return vocabulary().firsts
+
+
+# Function words that the census also lists as first names; capitalised, they start a sentence.
+_SENTENCE_WORDS = {"in", "an", "on", "to", "so", "as", "at", "by", "if", "or", "no", "my", "we", "he", "me",
+                   "the", "and", "for", "but", "all", "any", "can", "may", "will", "each", "more", "most"}
 
 
 class FirstNameRecognizer(EntityRecognizer):
@@ -152,11 +195,24 @@ class FirstNameRecognizer(EntityRecognizer):
             last = m.group("last")
             if m.group("first").upper() not in firsts or allowed(last) or re.fullmatch(_FACILITY, last):
                 continue
+            # "In Vitro", "In Life with ...": IN is a census first name, and a sentence's first word.
+            if m.group("first").lower() in _SENTENCE_WORDS or _heading(m.group("first"), last):
+                continue
             if EPONYM_FOLLOWERS.match(text[m.end():m.end() + 40]):
                 continue
             found.append(RecognizerResult(NAME, m.start(), m.end(), 0.6,
                                           recognition_metadata={"recognizer_name": self.name}))
         return found
+
+
+def _heading(first: str, last: str) -> bool:
+    """"Many Treatments", "See Eating Well", "Alpha Thalassemias", "Sun Exposure": the census lists
+    the first word as a first name, but it is an ordinary English word, and the second one is medical or
+    ordinary vocabulary that is not a common surname (`annotation.phi_vocabulary`)."""
+    from annotation.phi_vocabulary import name_like, norm, vocabulary
+
+    words = vocabulary().words
+    return norm(first) in words and norm(last) in words and not name_like(last)
 
 
 def clinical_recognizers() -> list[EntityRecognizer]:
@@ -364,15 +420,11 @@ sub-saharan north south east west central""".split() + ["united kingdom", "unite
                                                         "costa rica", "el salvador", "hong kong"])
 
 
-@lru_cache(maxsize=1)
 def census_names() -> frozenset[str]:
     """First and last names of the US Census 1990 lists (upper case); empty if `names` is absent."""
-    spec = importlib.util.find_spec("names")
-    if spec is None or not spec.submodule_search_locations:
-        return frozenset()
-    path = Path(list(spec.submodule_search_locations)[0]) / "dist.all.last"
-    last = {line.split()[0] for line in path.read_text().splitlines() if line.strip()} if path.is_file() else set()
-    return frozenset(last) | census_first_names()
+    from annotation.phi_vocabulary import vocabulary
+
+    return vocabulary().census
 
 
 def allowed(span_text: str) -> bool:

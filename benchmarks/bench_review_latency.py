@@ -6,16 +6,16 @@ the vote round trip (and of next_pair), throughput, and checks every vote was st
 
   .venv/bin/python benchmarks/bench_review_latency.py [--clients 50] [--votes 10] [--client gradio|httpx]
 
-`gradio` uses gradio_client (what scripts use); `httpx` calls the same /gradio_api/call routes with a
-plain HTTP client (less client overhead, so closer to the server's own latency).
+`gradio` uses gradio_client (what scripts use); `httpx` posts to /gradio_api/run/<name> with a plain
+HTTP client and a page session, the route the browser's vote buttons use (they skip Gradio's queue).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
+import secrets
 import statistics
 import subprocess
 import sys
@@ -69,23 +69,16 @@ class HttpxClinician:
         import httpx
 
         self.http = httpx.Client(base_url=url, timeout=120)
+        self.session = secrets.token_hex(8)  # one page session per clinician, as a browser keeps
         r = self.http.post("/login", data={"username": user, "password": PASSWORD})
         r.raise_for_status()
 
     def call(self, api: str, *data):
-        r = self.http.post(f"/gradio_api/call/{api}", json={"data": list(data)})
+        """One POST to /gradio_api/run/<api>, answered directly: votes skip Gradio's queue, as the
+        browser's vote buttons do (they post to /gradio_api/run/predict)."""
+        r = self.http.post(f"/gradio_api/run/{api}", json={"data": list(data), "session_hash": self.session})
         r.raise_for_status()
-        event = r.json()["event_id"]
-        with self.http.stream("GET", f"/gradio_api/call/{api}/{event}") as s:
-            kind = None
-            for line in s.iter_lines():
-                if line.startswith("event:"):
-                    kind = line.split(":", 1)[1].strip()
-                elif line.startswith("data:") and kind in ("complete", "error"):
-                    if kind == "error":
-                        raise RuntimeError(line)
-                    return json.loads(line[5:])[0]
-        raise RuntimeError("stream ended without a result")
+        return r.json()["data"][0]
 
 
 class GradioClinician:
@@ -115,7 +108,8 @@ def main() -> None:
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
             clinicians = list(pool.map(lambda u: kind(url, u), users))
-        print(f"{args.clients} clinicians logged in ({args.client}) in {time.perf_counter() - t0:.1f} s")
+        print(f"{args.clients} clinicians logged in ({args.client}) in {time.perf_counter() - t0:.1f} s; "
+              f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         start = threading.Barrier(args.clients)
         vote_ms: list[float] = []
         next_ms: list[float] = []
@@ -137,6 +131,7 @@ def main() -> None:
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(run, clinicians))
         wall = time.perf_counter() - t0
+        print(f"load average after: {os.getloadavg()[0]:.2f}")
         with SQLiteStore(store_path) as s:
             stored = list(s.iter_feedback())
         keys = {(f.annotator_id, f.pair_id) for f in stored}

@@ -19,7 +19,7 @@ import warnings
 import httpx
 import pytest
 
-from annotation.argilla_settings import question_names
+from annotation.argilla_settings import PREFERENCE_LABELS, SAFETY_REASONS, question_names
 from annotation.argilla_store import ArgillaStore
 from annotation.argilla_users import apply_users, load_users_file
 from annotation.errors import ClinalignError, InputError
@@ -89,10 +89,13 @@ def test_dataset_created_with_clinical_rubric(argilla_stack, monkeypatch):
     assert fields == ["prompt", "response_a", "response_b"]
     assert set(questions) == question_names()
     assert [o["value"] for o in questions["preference"]["settings"]["options"]] == ["a", "b", "tie", "both_bad"]
-    assert questions["preference"]["required"] and not questions["a_harm"]["required"]
+    assert questions["preference"]["required"] and not questions["a_safety"]["required"]
+    assert [o["value"] for o in questions["safety_flag"]["settings"]["options"]] == list(SAFETY_REASONS)
     assert [o["value"] for o in questions["b_accuracy"]["settings"]["options"]] == [1, 2, 3, 4, 5]
     assert ds["distribution"] == {"strategy": "overlap", "min_submitted": 3}
-    assert "Harm" in ds["guidelines"] and ds["status"] == "ready"
+    assert "Safety" in ds["guidelines"] and ds["status"] == "ready"
+    # One vocabulary: every preference choice is quoted verbatim in the guidelines.
+    assert all(label in ds["guidelines"] for label in PREFERENCE_LABELS.values())
     # Model ids are metadata hidden from annotators: the review stays blind.
     assert {"pair_id", "model_a", "model_b", "source"} <= set(meta)
     assert meta["model_a"]["visible_for_annotators"] is False
@@ -115,6 +118,45 @@ def test_foreign_dataset_is_refused(argilla_stack, monkeypatch):
         rg.Dataset(name="foreign", workspace=ws, settings=settings, client=client).create()
     with pytest.raises(ClinalignError, match="not made by clinalign"):
         open_store(argilla_stack, "foreign", monkeypatch)
+
+
+def test_dataset_made_with_the_old_rubric_is_still_read(argilla_stack, monkeypatch):
+    """Before the safety scale, flag and details questions: `a_harm` (1 = no risk) is read as it
+    was asked, and feedback details go to the record metadata as they did then."""
+    import argilla as rg
+
+    client = rg.Argilla(api_url=argilla_stack.url, api_key=argilla_stack.api_key)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # the SDK warns that it is not there yet
+        ws = client.workspaces("clinical-test") or rg.Workspace(name="clinical-test", client=client).create()
+    old = rg.Settings(
+        fields=[rg.TextField(name=n) for n in ("prompt", "response_a", "response_b")],
+        questions=[rg.LabelQuestion(name="preference", labels=["a", "b", "tie", "both_bad"]),
+                   rg.RatingQuestion(name="strength", values=[1, 2, 3], required=False),
+                   rg.RatingQuestion(name="a_harm", values=[1, 2, 3, 4, 5], required=False),
+                   rg.TextQuestion(name="correction", required=False),
+                   rg.LabelQuestion(name="correction_of", labels=["a", "b"], required=False),
+                   rg.TextQuestion(name="rationale", required=False)],
+        allow_extra_metadata=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        if client.datasets(name="old-rubric", workspace=ws) is None:
+            rg.Dataset(name="old-rubric", workspace=ws, settings=old, client=client).create()
+    store = open_store(argilla_stack, "old-rubric", monkeypatch)
+    items = pairs(1, "old")
+    store.add_pairs(items)
+    with owner(argilla_stack) as http:
+        made = http.post("/api/v1/users", json={"first_name": "Old", "username": "dr-old",
+                                                "password": "old-pass-1234", "role": "annotator"})
+        assert made.status_code in (200, 201), made.text
+        http.post(f"/api/v1/workspaces/{store.dataset.workspace.id}/users", json={"user_id": made.json()["id"]})
+    fb = Feedback(pair_id=items[0].id, annotator_id="dr-old", preference="b", strength=3, origin="import",
+                  ratings={"a": {"harm": 4}}, meta={"file": "old.jsonl"})
+    assert store.add_feedback([fb]) == 1
+    (got,) = list(store.iter_feedback())
+    assert (got.preference, got.strength, got.ratings, got.origin, got.meta["file"]) == (
+        "b", 3, {"a": {"harm": 4}}, "import", "old.jsonl")
+    store.close()
 
 
 # -- push ------------------------------------------------------------------------------------
@@ -218,7 +260,7 @@ def test_three_clinicians_submit_through_the_ui_api_and_export(argilla_stack, cl
     store.add_pairs(items)
     by_id = {p.id: i for i, p in enumerate(items)}
     plan = {  # pair index -> (status, values) per clinician
-        "dr-ada": {0: ("submitted", {"preference": "a", "strength": 2, "a_accuracy": 4, "a_harm": 1}),
+        "dr-ada": {0: ("submitted", {"preference": "a", "strength": 2, "a_accuracy": 4, "a_safety": 5}),
                    1: ("submitted", {"preference": "b", "strength": 3}),
                    2: ("submitted", {"preference": "tie"}),
                    3: ("submitted", {"preference": "a", "correction": "Avoid NSAIDs in CKD; use paracetamol.",
@@ -336,6 +378,12 @@ def test_wrong_url_gives_a_clear_error(argilla_stack, monkeypatch):
     monkeypatch.setenv("ARGILLA_API_URL", f"http://127.0.0.1:{search_port}")  # a server, but not Argilla
     with pytest.raises(ClinalignError, match="does not answer like an Argilla server"):
         ArgillaStore.from_env("anything")
+    # Through the CLI: the search engine's reply is printed verbatim, on one line, no traceback.
+    done = subprocess.run([*CLI, "annotate", "agreement", "--backend", "argilla", "--dataset", "anything"],
+                          env=argilla_stack.env(ARGILLA_API_URL=f"http://127.0.0.1:{search_port}"),
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1 and "does not answer like an Argilla server" in done.stderr
     monkeypatch.delenv("ARGILLA_API_URL")
     with pytest.raises(ClinalignError, match="ARGILLA_API_URL is not set"):
         ArgillaStore.from_env("anything")

@@ -150,3 +150,121 @@ def test_withhold_mode_passes_only_clean_records(tmp_path):
     logged = [_json.loads(x) for x in audit.read_text().splitlines()]
     assert {e["decision"] for e in logged if e["record_id"] == "dirty"} == {"withheld"}
     assert "Smitherson" not in audit.read_text() and "4482913" not in audit.read_text()
+
+
+# --- vocabulary: drug names, eponyms and Title-Case headings of generated answers are not PHI ----------
+
+VOCABULARY_TEXTS = [
+    "Metformin is usually the first medicine. Lisinopril lowers blood pressure.",
+    "Treatment Options\n\n1. Lifestyle Changes: diet and exercise.\n2. Medications: Metformin, Lisinopril.",
+    "**Pathogen Screening**: the first step of the work-up. **Selective Muscle Relaxation** may help.",
+    # brand names from the drug dictionary (DrugBank / MeSH), not in the hand-kept allow-list
+    "Methotrexate (Rasuvo) and thalidomide (Thalomid) should not be used in pregnancy.",
+    "Topical glycopyrronium (Qbrexza) or methocarbamol (Robaxin) were discussed.",
+    # eponyms from MedQuAD focus names, written without "syndrome" or "disease" after them
+    "Lenz Majewski hyperostosis is a rare bone disorder.",
+    "Doyne Honeycomb is a rare genetic disorder of the retina.",
+    # Title-Case headings whose first word is also a census first name
+    "Many Treatments Are Available for myeloma. See Eating Well as You Get Older.",
+    "Beta Thalassemias need two faulty genes. In Vitro fertilisation was offered.",
+    # gene and protein symbols in mixed case
+    "De novo mutations in aromatase (AleA) and the SiRNA pathway were reported.",
+]
+
+
+@pytest.mark.parametrize("text", VOCABULARY_TEXTS)
+def test_medical_vocabulary_and_headings_are_not_flagged(text):
+    assert scan_text(text) == [], [text[s.start:s.end] for s in scan_text(text)]
+
+
+NAME_PROBES = [
+    # Allegra is a brand of fexofenadine and a census first name: a person, whole
+    ("Her daughter Allegra Whitfield will bring the inhaler.", "Allegra Whitfield", "NAME"),
+    ("Mrs. Allegra Stone called about the Lasix refill.", "Allegra Stone", "NAME"),
+    # a heading right before real identifiers does not hide them
+    ("Treatment Options\nSeen with her son Ignatius Feldmann; MRN: 77120493.", "Ignatius Feldmann", "NAME"),
+    ("Treatment Options\nSeen with her son Ignatius Feldmann; MRN: 77120493.", "77120493", "MRN"),
+    ("Metformin was started on 04/12/2023 after the visit.", "04/12/2023", "DATE"),
+    ("Lisinopril refills: call (415) 555-0190 or write to 12 Elm Street, Springfield, IL 62704.",
+     "(415) 555-0190", "PHONE"),
+    ("Lisinopril refills: call (415) 555-0190 or write to 12 Elm Street, Springfield, IL 62704.",
+     "12 Elm Street, Springfield, IL 62704", "ADDRESS"),
+    ("Lenz Majewski hyperostosis was diagnosed; her husband Kenji Watanabe was told.", "Kenji Watanabe", "NAME"),
+]
+
+
+@pytest.mark.parametrize(("text", "phi", "entity"), NAME_PROBES, ids=[p[2] + ":" + p[1][:14] for p in NAME_PROBES])
+def test_phi_next_to_vocabulary_is_still_found_whole(text, phi, entity):
+    test_probe_identifier_is_found_with_its_type(text, phi, entity)
+
+
+def test_vocabulary_never_overrides_a_title_or_a_label():
+    # "Doyne" and "Lenz" are eponyms in the vocabulary; after a title or a label they are names
+    assert [s.entity_type for s in scan_text("Seen by Dr. Doyne today.")] == ["NAME"]
+    assert [s.entity_type for s in scan_text("Patient Name: Lenz Majewski")] == ["NAME"]
+
+
+# --- long text: scanned in overlapping windows, never refused (spaCy E088), never skipped -----------------
+
+def test_text_over_a_million_characters_is_scanned_to_the_end_and_across_window_edges(tmp_path):
+    from annotation.phi import CHUNK_CHARS, CHUNK_OVERLAP, _windows
+
+    filler = "Hydrochlorothiazide-lisinopril combination therapy continued unchanged overall. "
+    # The first window's core ends at the last space before CHUNK_CHARS - 2 * CHUNK_OVERLAP: put
+    # "Bartholomew " just before that point and "Quinlan" across it.
+    edge = CHUNK_CHARS - 2 * CHUNK_OVERLAP - 4
+    head = (filler * (edge // len(filler) + 1))[:edge - len("Bartholomew ") - len(" Seen with ")] + " Seen with "
+    text = head + "Bartholomew Quinlan today. " + filler * (1_050_000 // len(filler))
+    text += "Discharged home. MRN: 66120984. Call (602) 555-0177 with questions."
+    assert len(text) > 1_000_000
+    name = text.index("Bartholomew Quinlan")
+    cores = [w[3] for w in _windows(text)]
+    assert any(name < c < name + len("Bartholomew Quinlan") for c in cores), "the name must straddle a window edge"
+
+    report = PhiGate(mode="redact", audit_path=tmp_path / "audit.jsonl").check_records(
+        [{"id": "long", "correction": text}], fields=["correction"])
+    found = {(f.entity_type, text[f.start:f.end]) for f in report.findings}
+    assert ("NAME", "Bartholomew Quinlan") in found
+    assert ("MRN", "66120984") in found and ("PHONE", "(602) 555-0177") in found
+    assert len(report.findings) == 3  # nothing counted twice where windows overlap
+    redacted = report.records[0]["correction"]
+    assert "Quinlan" not in redacted and "66120984" not in redacted and redacted.endswith("Call [PHONE] with questions.")
+
+
+def test_windows_cover_the_text_and_cut_at_whitespace():
+    from annotation.phi import _windows
+
+    text = ("word " * 30_000) + ("x" * 70_000)  # the tail has no whitespace: hard cuts there
+    windows = list(_windows(text, size=20_000, overlap=500))
+    assert windows[0][2] == 0 and windows[-1][3] == len(text)
+    for (s, e, cs, ce), nxt in zip(windows, windows[1:] + [None], strict=True):
+        assert s <= cs < ce <= e and e - s <= 20_000 + 1_200
+        if nxt:
+            assert nxt[2] == ce  # cores partition the text
+        if ce < 150_000 and nxt:
+            assert text[ce - 1] == " "  # cut after a space where there is one
+
+
+# --- build: once per process, only what the gate needs ---------------------------------------------------
+
+def test_analyzer_is_built_once_with_only_the_entity_recognizer():
+    from annotation.phi import analyzer
+
+    engine = analyzer()
+    assert engine is analyzer()
+    assert engine.nlp_engine.nlp["en"].pipe_names == ["ner"]
+    names = {type(r).__name__ for r in engine.registry.recognizers}
+    assert {"SpacyRecognizer", "EmailRecognizer", "UrlRecognizer", "IpRecognizer"} <= names
+    assert not names & {"PhoneRecognizer", "UsSsnRecognizer", "CreditCardRecognizer", "DateRecognizer"}
+
+
+def test_a_fresh_process_builds_the_gate_without_torch_or_transformers():
+    import subprocess
+    import sys
+
+    code = ("import sys; from annotation.phi import scan_text; "
+            "assert [s.entity_type for s in scan_text('Seen by Dr. Oyelaran.')] == ['NAME']; "
+            "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules)); "
+            "import torch; print(torch.tensor([1.0]).sum().item())")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
+    assert out.stdout.split("\n")[:2] == ["[]", "1.0"]  # not imported by the gate, and still importable

@@ -101,6 +101,7 @@ def test_two_clinicians_vote_in_a_real_browser(browser, tmp_path):
         page.fill("#comment textarea", "Both miss the renal dosing caveat.")
         page.fill("#correction textarea", "Corrected answer text written by the clinician.")
         page.locator("#correction-side label", has_text="B").click()
+        assert page.input_value("#comment textarea") == "Both miss the renal dosing caveat."
         page.click("#vote-tie")
         wait_progress(page, 3)
         fb3 = next(f for f in stored_for(app.store, "dr_ada") if f.pair_id not in (fb1.pair_id, fb2.pair_id))

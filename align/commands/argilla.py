@@ -13,15 +13,16 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from align.cli_groups import annotate_app, app
 from annotation.atomic import write_json_atomic
-from annotation.errors import ClinalignError
+from annotation.errors import ClinalignError, InputError
 
 argilla_app = typer.Typer(help="The local Argilla server stack (Redis + search engine + Argilla 2.8).",
                           no_args_is_help=True)
 app.add_typer(argilla_app, name="argilla")
-out = Console()  # results on stdout; progress and errors go to stderr
+out = Console(markup=False)  # results on stdout (plain text: names come from users and the server)
 
 DataDir = Annotated[str | None, typer.Option("--data-dir", help="Stack data dir (default $CLINALIGN_ARGILLA_HOME "
                                                                 "or ~/.cache/clinalign/argilla).")]
@@ -90,7 +91,12 @@ def push_cmd(
         raise ClinalignError(f"--backend {backend!r}: push goes to argilla (the embedded store needs no push)")
     if (store is None) == (pairs is None):
         raise ClinalignError("give exactly one source: --store runs/x/feedback.sqlite or --pairs FILE.jsonl")
-    # Connect first: a wrong URL or key fails in a second, before the PHI gate loads its models.
+    if pairs and not Path(pairs).is_file():
+        raise InputError("file not found", path=pairs)
+    if store and not store.startswith("argilla:") and not Path(store).is_file():
+        raise ClinalignError(f"no feedback store at {store}")
+    # Connect next (the dataset name is checked before that): a wrong URL or key fails in a
+    # second, before the PHI gate loads its models; nothing is created for a source that is missing.
     target = ArgillaStore.from_env(dataset, min_submitted=min_submitted, batch_size=batch_size)
     try:
         items = _load_pairs(store, pairs, phi_mode)
@@ -148,7 +154,7 @@ def users_cmd(
     secrets_rows = [{"username": r.username, "password": r.password, "api_key": r.api_key}
                     for r in results if r.created]
     if secrets_rows:
-        out.print("[bold]Credentials, shown once (give each clinician their own; clinalign keeps no copy):[/]")
+        out.print("Credentials, shown once (give each clinician their own; clinalign keeps no copy):", style="bold")
         for row in secrets_rows:
             pw = row["password"] or "(from the environment)"
             print(f"  {row['username']}: password {pw}  api key {row['api_key']}", flush=True)  # no wrapping
@@ -196,8 +202,8 @@ def _fmt(value: float | None) -> str:
 
 def _print_agreement(report: dict) -> None:
     c = report["counts"]
-    out.print(f"[bold]{report['store']}[/]: {c['feedback']} judgements of {c['pairs']} pairs by "
-              f"{c['annotators']} annotators; {c['pairs_with_2plus']} pairs judged by 2 or more")
+    out.print(Text.assemble((report["store"], "bold"), f": {c['feedback']} judgements of {c['pairs']} pairs by "
+                            f"{c['annotators']} annotators; {c['pairs_with_2plus']} pairs judged by 2 or more"))
     table = Table(title="Krippendorff's alpha")
     for col in ("measure", "level", "alpha", "units 2+", "pairwise"):
         table.add_column(col)

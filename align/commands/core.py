@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from align.cli_groups import annotate_app, app
+from align.engines import BACKEND_HELP
 from align.progress import console, progress_bar
 from annotation.errors import ClinalignError
 
@@ -37,8 +38,10 @@ def generate_cmd(
     phi_mode: Annotated[str, typer.Option(help="PHI gate: block (refuse the batch) | redact | withhold "
                                           "(store only the clean pairs).")] = "block",
     out: Annotated[str | None, typer.Option(help="Also write the pairs to this JSONL.")] = None,
+    generation_backend: Annotated[str, typer.Option(help=BACKEND_HELP)] = "llamacpp",
 ) -> None:
     """Generate candidate pairs for prompts (two responses each) into the feedback store."""
+    from align.engines import parse_backend
     from align.generate import SamplingSetting, make_pairs
     from align.prompts import load_prompts
     from align.stages import gate_pairs
@@ -46,9 +49,11 @@ def generate_cmd(
     from annotation.store import open_store
 
     items = load_prompts(prompts, limit=limit, offset=offset)  # validated before any model loads
-    side_a = SamplingSetting(model, temperature_a, max_new_tokens=max_new_tokens, seed=seed, adapter=adapter_a)
+    parse_backend(generation_backend)
+    side_a = SamplingSetting(model, temperature_a, max_new_tokens=max_new_tokens, seed=seed, adapter=adapter_a,
+                             backend=generation_backend)
     side_b = SamplingSetting(model_b or model, temperature_b, max_new_tokens=max_new_tokens, seed=seed + 1,
-                             adapter=adapter_b)
+                             adapter=adapter_b, backend=generation_backend)
     if side_a.label == side_b.label and samples is None:
         raise ClinalignError("both sides would be identical: give --model-b or different temperatures")
     name = source or Path(prompts).stem
@@ -65,7 +70,7 @@ def generate_cmd(
     if out:
         write_jsonl_atomic(out, [p.to_dict() for p in pairs])
     console.print(f"{stats.made} pairs made ({new} new in {store}); skipped {stats.skipped_identical} identical, "
-                  f"{stats.skipped_empty} empty")
+                  f"{stats.skipped_empty} empty; generation backend {side_a.backend}")
 
 
 def _on_policy_pairs(items, setting, samples: int, batch_size: int, source: str, seed: int):

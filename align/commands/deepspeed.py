@@ -65,11 +65,12 @@ def launch_cmd(
 def validate_configs_cmd() -> None:
     """Validate every shipped DeepSpeed JSON (and each Me LLaMA stage YAML) with DeepSpeedConfig."""
     from rich.console import Console
+    from rich.text import Text
 
     from align.deepspeed_config import describe, validate_all
 
-    console = Console()
+    console = Console(markup=False)
     results = validate_all()  # raises ClinalignError on the first invalid one
     for v in results:
-        console.print(f"[green]ok[/] {describe(v)}", highlight=False)
+        console.print(Text.assemble(("ok", "green"), f" {describe(v)}"), highlight=False)
     console.print(f"{len(results)} checks passed")

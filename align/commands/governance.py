@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from align.cli_groups import app
 from annotation.errors import InputError
 
-console = Console()
+console = Console(markup=False)  # plain text: file names and labels come from users
 phi_app = typer.Typer(help="PHI gate: scan JSONL files for protected health information (block or redact).",
                       no_args_is_help=True)
 app.add_typer(phi_app, name="phi")
@@ -85,7 +86,7 @@ def _pick_fields(records: list[dict], fields: list[str] | None, file: Path) -> l
 
 def _print_report(report, file: Path, out: Path | None, audit: Path) -> None:
     if report.clean:
-        console.print(f"[green]no PHI found[/] in {report.n_records} records of {file} (audit: {audit})")
+        console.print(Text.assemble(("no PHI found", "green"), f" in {report.n_records} records of {file} (audit: {audit})"))
     else:
         table = Table(title=f"PHI redacted in {len(report.flagged_ids)} of {report.n_records} records")
         for col in ("record", "field", "type", "offsets"):
@@ -167,7 +168,7 @@ def _print_eval(result: dict, wr: dict | None) -> None:
     table.add_column("accuracy", justify="right")
     lo, hi = result["accuracy_ci95"]
     name = result["model"] + (f" + {result['adapter']}" if result["adapter"] else "")
-    table.add_row(f"[bold]{name}[/]", f"[bold]{result['accuracy']:.3f}[/] ({lo:.3f}-{hi:.3f})")
+    table.add_row(Text(name, style="bold"), Text.assemble((f"{result['accuracy']:.3f}", "bold"), f" ({lo:.3f}-{hi:.3f})"))
     table.add_row("majority class (always the most frequent answer)", f"{result['majority_class_accuracy']:.3f}")
     for anchor, value in result["anchors"].items():
         table.add_row(f"{anchor} (published, zero-shot)", f"{value:.3f}")
@@ -240,7 +241,7 @@ def promote_cmd(
         raise ClinalignError("NOT PROMOTED: " + "; ".join(d.reasons))
     target = out or default_promotion_path(Path(cand.path))
     write_promotion(target, d, cand, base)
-    console.print(f"[bold green]PROMOTED[/]: promotion record written to {target}")
+    console.print(Text.assemble(("PROMOTED", "bold green"), f": promotion record written to {target}"))
 
 
 def _f(v: float | None) -> str:
@@ -248,7 +249,7 @@ def _f(v: float | None) -> str:
 
 
 def _pf(ok: bool) -> str:
-    return "[green]pass[/]" if ok else "[bold red]FAIL[/]"
+    return Text("pass", style="green") if ok else Text("FAIL", style="bold red")
 
 
 @app.command("card")

@@ -10,6 +10,7 @@ from typing import Annotated
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from align.cli_groups import app
 from align.progress import console, progress_bar
@@ -21,6 +22,7 @@ app.add_typer(review_app, name="review")
 
 PASSWORD_ENV = "CLINALIGN_REVIEW_PASSWORD"
 PUBLIC_URL_ENV = "CLINALIGN_PUBLIC_URL"
+TRUSTED_PROXIES_ENV = "CLINALIGN_TRUSTED_PROXIES"
 Store = Annotated[str, typer.Option("--store", help="Embedded store (SQLite path) or argilla:<dataset>.")]
 Users = Annotated[str | None, typer.Option("--users", help="Users file (create with `clinalign review add-user`), or 'argilla' to log in with the Argilla server's users (ARGILLA_API_URL).")]
 
@@ -36,6 +38,7 @@ def review_cmd(
     public_url: Annotated[str | None, typer.Option("--public-url", envvar=PUBLIC_URL_ENV, help="Address clinicians use, e.g. https://review.hospital.example behind a reverse proxy; requests from any other origin are refused, and with https only the Secure session cookie counts.")] = None,
     session_idle_minutes: Annotated[float, typer.Option(help="Sign a clinician out after this many minutes without a request.")] = 30.0,
     session_max_hours: Annotated[float, typer.Option(help="Sign a clinician out this many hours after login, active or not.")] = 12.0,
+    trusted_proxy: Annotated[list[str] | None, typer.Option("--trusted-proxy", envvar=TRUSTED_PROXIES_ENV, help="Address or network of a reverse proxy in front (repeatable, or comma-separated in the env var), e.g. 127.0.0.1: only requests from it have their X-Forwarded-For believed when sign-ins are counted per client address.")] = None,
 ) -> None:
     """Serve the blind review app: `clinalign review --store PATH --users FILE [--port 7860]`."""
     if ctx.invoked_subcommand is not None:
@@ -44,13 +47,18 @@ def review_cmd(
         raise ClinalignError("clinalign review needs --store and --users (or a subcommand: add-user, pairs)")
     from annotation.review.accounts import ArgillaAccounts, UserBook
     from annotation.review.app import build_app
-    from annotation.review.security import origin_of
+    from annotation.review.security import origin_of, parse_trusted_proxies
     from annotation.store import open_store
 
     if public_url is not None and origin_of(public_url) is None:
         raise ClinalignError(f"--public-url must be an http(s) URL such as https://review.hospital.example, got {public_url!r}")
     if session_idle_minutes <= 0 or session_max_hours <= 0:
         raise ClinalignError("--session-idle-minutes and --session-max-hours must be positive")
+    proxies = [item for value in trusted_proxy or [] for item in value.replace(",", " ").split()]
+    try:
+        parse_trusted_proxies(proxies)
+    except ValueError as exc:
+        raise ClinalignError(f"--trusted-proxy: {exc}") from None
     if users == "argilla":
         book = ArgillaAccounts.from_env()
     else:
@@ -61,14 +69,15 @@ def review_cmd(
     review = build_app(feedback_store, book, include_same_model=include_same_model)
     _, total = review.queue.progress("")
     if total == 0:
-        console.print(f"[yellow]warning:[/] no pairs to review in {store} "
-                      f"({review.queue.skipped_same_model} skipped: same model on both sides); "
-                      "load some with `clinalign review pairs`.")
+        console.print(Text.assemble(("warning:", "yellow"), f" no pairs to review in {store} "
+                                    f"({review.queue.skipped_same_model} skipped: same model on both sides); "
+                                    "load some with `clinalign review pairs`."))
     _, url = review.launch(host=host, port=port, public_url=public_url, session_idle_s=session_idle_minutes * 60,
-                           session_max_age_s=session_max_hours * 3600)
+                           session_max_age_s=session_max_hours * 3600, trusted_proxies=proxies)
     who = "Argilla users" if users == "argilla" else f"{len(book.accounts)} accounts"
     public = f" (public: {public_url})" if public_url else ""
-    console.print(f"[bold green]review app[/] at {url}{public} · {total} pairs · {who} · Ctrl+C stops")
+    public += f" (trusted proxies: {', '.join(proxies)})" if proxies else ""
+    console.print(Text.assemble(("review app", "bold green"), f" at {url}{public} · {total} pairs · {who} · Ctrl+C stops"))
     try:
         while True:
             time.sleep(3600)
@@ -93,23 +102,32 @@ def add_user_cmd(
     if not password:
         password = typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
     new = add_user(users, name, password, role=role, replace=replace)
-    console.print(f"{'added' if new else 'reset password of'} [bold]{name}[/] ({role}) in {users}")
+    console.print(Text.assemble(f"{'added' if new else 'reset password of'} ", (name, "bold"), f" ({role}) in {users}"))
 
 
 @review_app.command("unlock")
 def unlock_cmd(
-    name: Annotated[str, typer.Argument(help="Login name to unlock.")],
+    name: Annotated[str | None, typer.Argument(help="Login name to unlock.")] = None,
+    address: Annotated[str | None, typer.Option("--address", help="Client address to unlock (IPv6: its /64), as shown in the audit log.")] = None,
     users: Annotated[str, typer.Option("--users", help="Users file whose lockout state (<users>.lockouts.json) to edit.")] = "review-users.json",
 ) -> None:
-    """Clear an account's failed sign-ins and lockout (takes effect on a running app at its next login)."""
+    """Clear an account's (or with --address, a client address's) failed sign-ins and lockout; takes
+    effect on a running app at its next login."""
     from annotation.review.throttle import Throttle, hhmm_utc
 
+    if not name and not address:
+        raise ClinalignError("name a user to unlock, or pass --address")
     if not Path(users).exists():
         raise InputError("users file not found", path=users)
-    cleared = Throttle.beside(users).unlock(name)
-    until = cleared["locked_until"]
-    state = f"locked until {hhmm_utc(until)}" if until else "not locked"
-    console.print(f"unlocked [bold]{name}[/]: was {state}, {cleared['failures']} recent failed sign-in(s) cleared")
+    throttle = Throttle.beside(users)
+    done = ([(name, throttle.unlock(name))] if name else []) + \
+        ([(f"address {address}", throttle.unlock_address(address))] if address else [])
+    for what, cleared in done:
+        until = cleared["locked_until"]
+        state = f"locked until {hhmm_utc(until)}" if until else "not locked"
+        shown = f"address {cleared['address']}" if "address" in cleared else what
+        console.print(Text.assemble("unlocked ", (shown, "bold"),
+                                    f": was {state}, {cleared['failures']} recent failed sign-in(s) cleared"))
 
 
 @review_app.command("pairs")
@@ -219,6 +237,6 @@ def _print_leaderboard(lb) -> None:
     for v in lb.voters:
         voters.add_row(v.annotator, str(v.votes), str(v.ties), str(v.both_unsafe), str(v.flagged),
                        str(v.against_consensus), f"{v.expected_against:.1f}", f"{v.z:.2f}",
-                       "[bold red]YES[/]" if v.outlier else "",
+                       Text("YES", style="bold red") if v.outlier else "",
                        "" if v.median_seconds is None else f"{v.median_seconds:.1f}")
     console.print(voters)

@@ -9,11 +9,12 @@ from typing import Annotated
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from align.cli_groups import reward_app
 from annotation.errors import InputError
 
-console = Console()
+console = Console(markup=False)  # plain text: paths and names come from users
 
 
 def _parse_sets(sets: list[str] | None, extra: list[str]) -> dict:
@@ -50,10 +51,10 @@ def train_cmd(
 
     out = train_from_yaml(config, _parse_sets(set_, list(ctx.args)))
     m = read_manifest(out)["metrics"]
-    console.print(f"reward model written to [bold]{out}[/]: {m['n_used']} pairs trained "
+    console.print(Text.assemble("reward model written to ", (str(out), "bold"), f": {m['n_used']} pairs trained "
                   f"({m['n_prompt_truncated']} with the prompt cut from the left, {m['n_dropped_too_long']} "
                   f"dropped as too long), {m['global_step']} steps, {m['seconds_per_step']} s/step"
-                  + (f", held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_n']} pairs" if "eval_accuracy" in m else ""))
+                  + (f", held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_n']} pairs" if "eval_accuracy" in m else "")))
 
 
 @reward_app.command("eval")

@@ -6,10 +6,11 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from align.cli_groups import app
 
-out = Console()  # the summary is the command's result: stdout (progress and logs go to stderr)
+out = Console(markup=False)  # the summary is the command's result: stdout (plain text: names, paths, lists)
 
 
 def _run(config: str | None, overrides: dict) -> None:
@@ -19,7 +20,7 @@ def _run(config: str | None, overrides: dict) -> None:
     cfg = RoundConfig.load(config, overrides)
     manifest = Round(cfg, config).run()
     out.print(summary_table(manifest))
-    out.print(f"round manifest: [bold]{manifest}[/]")
+    out.print(Text.assemble("round manifest: ", (str(manifest), "bold")))
 
 
 @app.command("demo")

@@ -48,9 +48,10 @@ class PolicyModelArguments:
                                     metadata={"help": "Policy: a builtin:* spec or a local HF folder."})
     dtype: str = field(default="float32", metadata={"help": "float32 | bfloat16 | float16 for the weights."})
     use_peft: bool = field(default=True, metadata={"help": "LoRA on the policy (reference = adapter off)."})
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
+    lora_r: int = field(default=16, metadata={"help": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"help": "LoRA scaling numerator (update scale = alpha / r)."})
+    lora_dropout: float = field(default=0.0, metadata={"help": "Dropout on the LoRA input (0: rollouts and "
+                                                       "training see the same policy)."})
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
         metadata={"help": "Module names LoRA wraps (LLaMA-family names by default)."})
@@ -82,8 +83,8 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
 
     # Generation.
     response_length: int = field(default=64, metadata={"help": "Max new tokens per response."})
-    temperature: float = field(default=0.7)
-    top_p: float = field(default=1.0)
+    temperature: float = field(default=0.7, metadata={"help": "Sampling temperature of the rollouts."})
+    top_p: float = field(default=1.0, metadata={"help": "Nucleus sampling of the rollouts (1.0: off)."})
     missing_eos_penalty: float | None = field(default=None, metadata={
         "help": "Subtracted from the score of a response that ends without EOS."})
     length_penalty: float = field(default=0.0, metadata={
@@ -91,17 +92,21 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
 
     # PPO objective.
     kl_coef: float = field(default=0.05, metadata={"help": "Initial coefficient of the per-token KL penalty."})
-    kl_estimator: Literal["k1", "k3"] = field(default="k1")
+    kl_estimator: Literal["k1", "k3"] = field(default="k1", metadata={
+        "help": "Per-token KL estimator: k1 = log ratio (unbiased, can be negative), k3 = Schulman's "
+                "(ratio - 1) - log ratio (non-negative, lower variance)."})
     adaptive_kl: bool = field(default=False, metadata={"help": "Adapt kl_coef towards target_kl (Ziegler 2019)."})
     target_kl: float = field(default=6.0, metadata={"help": "Target KL (nats per sequence) when adaptive."})
     kl_horizon: int = field(default=10000, metadata={"help": "Horizon (episodes) of the adaptive controller."})
-    cliprange: float = 0.2
-    cliprange_value: float = 0.2
-    vf_coef: float = 0.1
-    gamma: float = 1.0
-    lam: float = 0.95
-    whiten_rewards: bool = False
-    whiten_advantages: bool = True
+    cliprange: float = field(default=0.2, metadata={"help": "PPO clip range of the policy ratio."})
+    cliprange_value: float = field(default=0.2, metadata={
+        "help": "Clip range of the value update, in reward units, around the rollout's values."})
+    vf_coef: float = field(default=0.1, metadata={"help": "Weight of the value loss in the total loss."})
+    gamma: float = field(default=1.0, metadata={"help": "Discount factor of the returns."})
+    lam: float = field(default=0.95, metadata={"help": "GAE lambda (bias/variance of the advantages)."})
+    whiten_rewards: bool = field(default=False, metadata={"help": "Normalise rewards within each rollout batch."})
+    whiten_advantages: bool = field(default=True, metadata={
+        "help": "Normalise advantages within each mini batch (mean 0, std 1)."})
     init_value_from_returns: bool = field(default=True, metadata={
         "help": "Start the critic at the first rollout batch's mean return (a fixed offset added to the "
                 "zero-initialised value head) instead of 0. cliprange_value is in reward units, so a critic "

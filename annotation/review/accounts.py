@@ -161,16 +161,19 @@ def guarded(throttle: Throttle, username: str, client: str | None,
     return bool(ok)
 
 
-async def _gradio_auth(login: Callable[[str, str], bool], username: str, password: str) -> bool:
-    """Gradio's `auth=` hook has no request, so no client address. A lockout is raised as HTTP 429
-    with the reason: API clients see it, but Gradio's own login page still shows only its fixed
-    "Incorrect credentials" text (it ignores the response body)."""
+async def _gradio_auth(login: Callable[[str, str, str | None], bool], username: str, password: str) -> bool:
+    """Gradio's `auth=` hook has no request; the client address comes from `security.ClientAddress`,
+    which sets it for the request being served. A lockout is raised as HTTP 429 with the reason: API
+    clients see it, but Gradio's own login page still shows only its fixed "Incorrect credentials"
+    text (it ignores the response body), so the login page's own message explains the limits."""
     import asyncio
 
     from fastapi import HTTPException
 
+    from annotation.review.security import REQUEST_CLIENT
+
     try:
-        return await asyncio.to_thread(login, username, password)
+        return await asyncio.to_thread(login, username, password, REQUEST_CLIENT.get())
     except LockedOut as exc:
         raise HTTPException(status_code=429, detail=exc.message) from None
 

@@ -8,6 +8,7 @@ the ticket id, so model names and the side mapping never reach the browser befor
 from __future__ import annotations
 
 import hashlib
+import logging
 import random
 import secrets
 import threading
@@ -19,6 +20,8 @@ from typing import Any
 from annotation.errors import ClinalignError
 from annotation.records import CandidatePair, Feedback, utc_now
 from annotation.store import FeedbackStore
+
+log = logging.getLogger(__name__)
 
 # Displayed choices (what the clinician clicks) -> stored preference, given which side was left.
 DISPLAY_CHOICES = ("A", "B", "tie", "both_unsafe")
@@ -92,6 +95,7 @@ class ReviewQueue:
         self._inflight: set[tuple[str, str]] = set()
         self._tickets: dict[str, Ticket] = {}
         self._open: dict[str, str] = {}  # user -> ticket id currently shown to them
+        self._order: dict[str, dict[str, str]] = {}  # user -> pair id -> that user's hash order (cached)
         self._loaded_at = 0.0
         self.skipped_same_model = 0
         self.refresh()
@@ -118,12 +122,20 @@ class ReviewQueue:
             self._loaded_at = time.monotonic()
 
     def _maybe_refresh(self) -> None:
-        with self._lock:  # one session refreshes; the others keep serving from the current view
+        """Re-read the store in the background when due: no clinician's request waits for a
+        reload of every row, and the others keep serving from the current view meanwhile."""
+        with self._lock:
             due = time.monotonic() - self._loaded_at > REFRESH_S
             if due:
                 self._loaded_at = time.monotonic()
         if due:
+            threading.Thread(target=self._refresh_quietly, name="review-refresh", daemon=True).start()
+
+    def _refresh_quietly(self) -> None:
+        try:
             self.refresh()
+        except Exception as exc:  # a store hiccup must not kill the app; the next refresh retries
+            log.warning("review queue: could not re-read the store (%s); serving the current view", exc)
 
     # -- what a clinician sees -----------------------------------------------------------------
     def progress(self, user: str) -> tuple[int, int]:
@@ -145,7 +157,8 @@ class ReviewQueue:
                 return None
             # Fewest votes first spreads overlap across clinicians (needed for agreement); the
             # per-user hash order means two clinicians do not walk the pairs in the same order.
-            pid = min(todo, key=lambda p: (self._votes[p], _user_order(user, p)))
+            order = self._order.setdefault(user, {})
+            pid = min(todo, key=lambda p: (self._votes[p], order.get(p) or order.setdefault(p, _user_order(user, p))))
             ticket = Ticket(secrets.token_urlsafe(16), user, self._pairs[pid], self._rng.choice("ab"))
             self._tickets[ticket.id] = ticket
             self._open[user] = ticket.id

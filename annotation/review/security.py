@@ -10,13 +10,20 @@ session tokens Gradio issues at login, so there is one notion of "logged in". It
 
 `OriginPolicy` sits in front of everything, Gradio's CORS layer included: behind a proxy that passes
 the public Host header, Gradio grants any Origin with credentials, so foreign origins are refused here.
+
+`ClientAddress` works out each request's client address for the login throttle (Gradio's auth
+callback gets no request): the socket peer, or, only when that peer is a trusted proxy
+(`--trusted-proxy`), the last X-Forwarded-For hop that is not itself a trusted proxy.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import logging
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
@@ -26,6 +33,7 @@ from starlette.requests import HTTPConnection
 
 Scope = MutableMapping[str, Any]
 ASGIApp = Callable[[Scope, Callable, Callable], Awaitable[None]]
+log = logging.getLogger(__name__)
 
 # (method, path) pairs open without a login: the login page and the login form's POST target.
 OPEN_ROUTES = frozenset({
@@ -309,3 +317,94 @@ def _with_headers(send: Callable) -> Callable:
         await send(message)
 
     return wrapped
+
+
+# -- client address (for the per-address login throttle) ------------------------------------------
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The client address of the request being served; read by the login check (accounts._gradio_auth).
+REQUEST_CLIENT: ContextVar[str | None] = ContextVar("clinalign_request_client", default=None)
+
+
+def parse_trusted_proxies(values: Iterable[str]) -> tuple[IPNetwork, ...]:
+    """Proxy addresses or networks ("127.0.0.1", "10.0.0.0/8", "::1"); each value may hold several,
+    separated by commas or spaces. Raises ValueError naming a bad entry ("*" is refused: trusting
+    everyone would let any client pick its own address)."""
+    out: list[IPNetwork] = []
+    for value in values:
+        for item in value.replace(",", " ").split():
+            try:
+                out.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"not an IP address or network: {item!r}") from None
+    return tuple(out)
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    """An address as a proxy writes it into X-Forwarded-For: "1.2.3.4", "1.2.3.4:5678", "::1",
+    "[::1]:443"; None for anything else ("unknown", obfuscated names, garbage)."""
+    text = text.strip().strip('"')
+    if text.startswith("["):
+        text = text[1:].split("]", 1)[0]
+    elif text.count(":") == 1:  # IPv4 with a port
+        text = text.split(":", 1)[0]
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return ip.ipv4_mapped if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped else ip
+
+
+def _trusted(ip: IPAddress | None, trusted: tuple[IPNetwork, ...]) -> bool:
+    return ip is not None and any(ip.version == net.version and ip in net for net in trusted)
+
+
+def client_address(scope: Scope, trusted: tuple[IPNetwork, ...] = ()) -> str | None:
+    """The socket peer; if (and only if) the peer is a trusted proxy, the last X-Forwarded-For hop
+    that is not a trusted proxy (each proxy appends the address it got the request from, so hops to
+    the left of the first untrusted one are whatever the client wrote). If every hop is trusted, the
+    leftmost; an unparseable hop stops the walk at the trusted hop to its right."""
+    peer = (scope.get("client") or (None,))[0]
+    if not peer:
+        return None
+    peer_ip = _parse_ip(peer)
+    if not _trusted(peer_ip, trusted):
+        return str(peer_ip) if peer_ip is not None else peer
+    hops = [h for value in Headers(scope=scope).getlist("x-forwarded-for") for h in value.split(",") if h.strip()]
+    address = peer_ip
+    for hop in reversed(hops):
+        ip = _parse_ip(hop)
+        if ip is None:
+            break
+        address = ip
+        if not _trusted(ip, trusted):
+            break
+    return str(address)
+
+
+class ClientAddress:
+    """Set `REQUEST_CLIENT` for each request. Uvicorn must not rewrite the peer from X-Forwarded-For
+    itself (`app.launch` turns that off), or a client could name its own address."""
+
+    def __init__(self, app: ASGIApp, *, trusted: Iterable[str] = ()):
+        self.app = app
+        self.trusted = parse_trusted_proxies(trusted)
+        self._warned = False
+
+    async def __call__(self, scope: Scope, receive: Callable, send: Callable) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        address = client_address(scope, self.trusted)
+        peer = (scope.get("client") or (None,))[0]
+        if not self._warned and peer and "x-forwarded-for" in Headers(scope=scope) \
+                and not _trusted(_parse_ip(peer), self.trusted):
+            self._warned = True  # once: behind an undeclared proxy every sign-in counts as the proxy's
+            log.warning("X-Forwarded-For from %s ignored: not a trusted proxy. Behind a reverse proxy, pass "
+                        "--trusted-proxy with its address, or per-address sign-in limits count every "
+                        "clinician as the proxy.", peer)
+        token = REQUEST_CLIENT.set(address)
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            REQUEST_CLIENT.reset(token)

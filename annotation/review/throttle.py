@@ -7,14 +7,17 @@ one lock *before* hashing, so failures + in-flight attempts never exceed the lim
 records the outcome. State is a small JSON file (0600, atomic replace) so a restart does not reset
 counters; it is meant for one server process per users file.
 
-Gradio 6.31 calls `auth(username, password)` without the request, so the app has no client
-address: per-address limits apply only where a caller passes one. Without addresses, anyone who
-knows a user name can keep that account locked (one burst per lockout period); the lock is bounded
-(`lockout_s`), audited, and `clinalign review unlock` clears it.
+Gradio 6.31 calls `auth(username, password)` without the request; the app's `security.ClientAddress`
+middleware works out the client address where the login request arrives (the socket peer, or behind
+a trusted proxy the last untrusted X-Forwarded-For hop) and the auth hook passes it here, so attempts
+count per account, per client address (IPv6 by /64) and server-wide. Anyone who knows a user name can
+still keep that account locked (one burst per lockout period); the lock is bounded (`lockout_s`),
+audited, and `clinalign review unlock` clears it (`--address` for an address).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import threading
@@ -33,6 +36,22 @@ DEFAULT_ADDRESS_LIMIT = 20  # per client address (only when an address is known)
 DEFAULT_GLOBAL_LIMIT = 200  # failures server-wide within window_s: caps spraying many names
 
 
+def address_key(address: str) -> str:
+    """How a client address is counted: IPv4 as written canonically, IPv4-mapped IPv6 as IPv4, other
+    IPv6 by its /64 (one host or household usually holds a whole /64, so counting single IPv6
+    addresses would give an attacker billions of fresh quotas); anything else verbatim."""
+    text = address.strip()
+    try:
+        ip = ipaddress.ip_address(text[1:-1] if text.startswith("[") and text.endswith("]") else text)
+    except ValueError:
+        return text
+    if ip.version == 6:
+        if ip.ipv4_mapped is not None:
+            return str(ip.ipv4_mapped)
+        return str(ipaddress.ip_network(f"{ip.exploded.split('%')[0]}/64", strict=False))
+    return str(ip)
+
+
 def hhmm_utc(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%H:%M UTC")
 
@@ -46,7 +65,8 @@ class LockedOut(Exception):
             msg = (f"too many failed sign-ins for this account; try again after {hhmm_utc(until)} "
                    "or ask your study lead to unlock it")
         elif scope == "addr":
-            msg = f"too many failed sign-ins from this address; try again after {hhmm_utc(until)}"
+            msg = (f"too many failed sign-ins from this address; try again after {hhmm_utc(until)} "
+                   "or ask your study lead to unlock it")
         else:
             msg = f"too many failed sign-ins on this server; try again after {hhmm_utc(until)}"
         super().__init__(msg)
@@ -124,14 +144,31 @@ class Throttle:
         self.audit("unlock", user, None, failures_cleared=cleared["failures"])
         return cleared
 
+    def unlock_address(self, address: str) -> dict:
+        """Clear a client address's failures and lock (IPv6: its /64); returns what was cleared."""
+        key = address_key(address)
+        with self._lock:
+            self._reload()
+            entry = self._state.pop(f"addr:{key}", None)
+            self._save(self.clock())
+        cleared = {"address": key, "failures": len(entry.failures) if entry else 0,
+                   "locked_until": entry.locked_until if entry and entry.locked_until > self.clock() else None}
+        self.audit("unlock", None, key, failures_cleared=cleared["failures"])
+        return cleared
+
     def locked_until(self, user: str) -> float | None:
         with self._lock:
             return self._blocked_until(f"user:{user}", self.clock()) or None
 
+    def address_locked_until(self, address: str) -> float | None:
+        with self._lock:
+            self._reload()
+            return self._blocked_until(f"addr:{address_key(address)}", self.clock()) or None
+
     # -- internals ---------------------------------------------------------------------------
     def _keys(self, user: str, client: str | None) -> list[str]:
         # per-address first: it trips before the account limit only if address_limit < limit
-        return ([f"addr:{client}"] if client else []) + [f"user:{user}", "global:*"]
+        return ([f"addr:{address_key(client)}"] if client else []) + [f"user:{user}", "global:*"]
 
     def _recent(self, entry: _Entry, now: float) -> list[float]:
         entry.failures = [t for t in entry.failures if now - t < self.window_s]
@@ -175,7 +212,7 @@ class Throttle:
                    for k, e in self._state.items() if e.locked_until > now or self._recent(e, now)}
         _write_private(self.path, json.dumps({"schema": "clinalign.review-lockouts/1", "entries": entries}))
 
-    def audit(self, outcome: str, user: str, client: str | None, **extra) -> None:
+    def audit(self, outcome: str, user: str | None, client: str | None, **extra) -> None:
         """One JSONL line per event; never the password (it is never passed here)."""
         if not self.audit_path:
             return

@@ -120,7 +120,7 @@ def _verify_store(path: Path, recorded: str) -> tuple[str, str, Path | None]:
     from annotation.store import open_store
 
     try:
-        store = open_store(str(path))
+        store = open_store(str(path), create=False)
         try:
             digest = _store_digest(list(store.iter_pairs()), list(store.iter_feedback()))
         finally:

@@ -32,7 +32,7 @@ def export_preferences(store_spec: str, out: str | Path, *, include_simulated: b
     from annotation.preferences import save_preference_dataset
     from annotation.store import open_store
 
-    store = open_store(store_spec)
+    store = open_store(store_spec, create=False)
     try:
         pairs, feedback = list(store.iter_pairs()), list(store.iter_feedback())
     finally:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Protocol, runtime_checkable
 
+from annotation.errors import InputError
 from annotation.records import CandidatePair, Feedback
 
 
@@ -35,12 +37,16 @@ class FeedbackStore(Protocol):
     def close(self) -> None: ...
 
 
-def open_store(spec: str) -> FeedbackStore:
-    """Open a store from a spec: a path to a SQLite file (embedded) or `argilla:<dataset>`."""
+def open_store(spec: str, *, create: bool = True) -> FeedbackStore:
+    """Open a store from a spec: a path to a SQLite file (embedded) or `argilla:<dataset>`.
+    `create=False` for commands that only read (export, agreement, status): a mistyped name is then
+    an error instead of a new, empty store that clinicians would see."""
     if spec.startswith("argilla:"):
         from annotation.argilla_store import ArgillaStore  # optional backend, needs a server
 
-        return ArgillaStore.from_env(dataset=spec.split(":", 1)[1])
+        return ArgillaStore.from_env(dataset=spec.split(":", 1)[1], create=create)
     from annotation.sqlite_store import SQLiteStore
 
+    if not create and not Path(spec).is_file():
+        raise InputError("feedback store not found (a path to a SQLite store, or argilla:<dataset>)", path=spec)
     return SQLiteStore(spec)

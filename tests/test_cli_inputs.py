@@ -109,3 +109,16 @@ def test_reward_train_rejects_bad_preferences(tmp_path, content, message):
     assert message in res.stderr, res.stderr
     assert "Traceback" not in res.stderr
     assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [["annotate", "export", "--out", "prefs.jsonl"], ["annotate", "status"],
+                                     ["annotate", "agreement"]])
+def test_reading_commands_refuse_a_store_that_does_not_exist(tmp_path, command):
+    """A mistyped store path is an error, not a new empty store (which export would read as 0 rows)."""
+    missing = tmp_path / "feedbak.sqlite"
+    res = run(*command, "--store", str(missing), cwd=tmp_path)
+    assert res.returncode != 0, res.stdout
+    assert ("feedback store not found" in res.stderr or "no feedback store" in res.stderr), res.stderr
+    assert "feedbak.sqlite" in res.stderr
+    assert "Traceback" not in res.stderr
+    assert not missing.exists() and not (tmp_path / "prefs.jsonl").exists()

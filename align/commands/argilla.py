@@ -118,7 +118,7 @@ def _load_pairs(store: str | None, pairs_file: str | None, phi_mode: str) -> lis
         return gate_pairs(parse_pairs_file(pairs_file), mode=phi_mode, audit_dir=Path(pairs_file).parent)
     if not store.startswith("argilla:") and not Path(store).is_file():
         raise ClinalignError(f"no feedback store at {store}")
-    source = open_store(store)
+    source = open_store(store, create=False)
     try:
         items = list(source.iter_pairs())
     finally:
@@ -184,7 +184,7 @@ def agreement_cmd(
         spec = f"argilla:{dataset}"
     elif not store.startswith("argilla:") and not Path(store).is_file():
         raise ClinalignError(f"no feedback store at {store}")
-    source = open_store(spec)
+    source = open_store(spec, create=False)
     try:
         report = agreement_report(source.iter_feedback(), include_simulated=include_simulated)
         report["store"] = spec

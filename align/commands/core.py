@@ -142,7 +142,7 @@ def status_cmd(store: Store = "runs/default/feedback.sqlite") -> None:
     """Counts of pairs, feedback and annotators in a store."""
     from annotation.store import open_store
 
-    s = open_store(store)
+    s = open_store(store, create=False)
     counts = s.counts()
     s.close()
     table = Table(title=f"feedback store {store}")

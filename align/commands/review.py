@@ -180,7 +180,7 @@ def leaderboard_cmd(
 
     if both_unsafe not in ("tie", "skip"):
         raise ClinalignError("--both-unsafe must be 'tie' or 'skip'")
-    s = open_store(store)
+    s = open_store(store, create=False)
     try:
         pairs = {p.id: p for p in s.iter_pairs()}
         comps = comparisons_from_feedback(s.iter_feedback(), pairs, origins=() if all_origins else ("review",),

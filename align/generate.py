@@ -6,6 +6,14 @@ at the base model's speed), sorts prompts by length so batches carry little padd
 it ended with the end-of-turn token (`finished`) and how many tokens it used, so a judge can tell a
 complete answer from one cut at `max_new_tokens`. On CPUs with AMX / AVX-512 BF16 the model runs in
 bfloat16 (about 1.5x the fp32 tokens/s here); elsewhere in float32 (`dtype` overrides).
+
+`SamplingSetting.backend` picks the engine (`align/engines`): `transformers` (above) or `llamacpp`
+(llama.cpp, the adapter-merged policy as a cached GGUF, continuous batching over `batch_size` slots).
+Either way prompts are tokenized and answers decoded by the same Hugging Face tokenizer and turned into
+the same `Sample`s. Seeds: transformers seeds each `generate` call with `seed + offset` (deterministic
+for a given seed and batch size); llama.cpp gives every (prompt index, sample index) its own seeded
+sampler (deterministic for a given seed, whatever the batch). After `load`, `setting.backend` names
+the backend that ran (a fallback to transformers rewrites it), so provenance records the truth.
 """
 
 from __future__ import annotations
@@ -16,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from align.models import chat_prompt, load_causal_lm, load_tokenizer, preferred_dtype
+from align.engines import parse_backend, resolve_backend
+from align.models import chat_prompt, load_causal_lm, load_tokenizer, preferred_dtype, resolve_model
 from align.prompts import Prompt
 from annotation.records import CandidatePair
 
@@ -32,6 +41,7 @@ class SamplingSetting:
     seed: int = 0
     adapter: str | None = None
     dtype: str = "auto"
+    backend: str = "transformers"  # transformers | llamacpp[:bf16|f16|f32|q8_0] (see align/engines)
 
     @property
     def label(self) -> str:
@@ -54,9 +64,24 @@ class Generator:
     batch_size: int = 64  # sequences per generate call (prompts x samples)
     _model: object = field(default=None, init=False, repr=False)
     _tok: object = field(default=None, init=False, repr=False)
+    _engine: object = field(default=None, init=False, repr=False)
+    _eos: set = field(default_factory=set, init=False, repr=False)
 
     def load(self) -> Generator:
+        from align.engines.gguf_export import UnsupportedModel
+
         self._tok = load_tokenizer(self.setting.model, padding_side="left")
+        backend = resolve_backend(self.setting.backend)
+        if backend.name == "llamacpp":
+            try:
+                return self._load_llamacpp(backend.weights)
+            except UnsupportedModel as exc:
+                backend = type(backend)("transformers", note=f"generation falls back to transformers: {exc}")
+        if backend.note:
+            from align.progress import console
+
+            console.print(f"note: {backend.note}", style="yellow")
+        self.setting.backend = backend.label
         dtype = preferred_dtype() if self.setting.dtype == "auto" else self.setting.dtype
         model = load_causal_lm(self.setting.model, dtype=dtype)
         if self.setting.adapter:
@@ -67,24 +92,47 @@ class Generator:
         if torch.cuda.is_available():
             model = model.to("cuda")
         self._model = model.eval()
+        self._eos = _eos_ids(model.generation_config.eos_token_id, self._tok)
         return self
 
+    def _load_llamacpp(self, weights: str) -> Generator:
+        from transformers import GenerationConfig
+
+        from align.engines.gguf_export import gguf_for
+        from align.engines.llamacpp import LlamaCppClient
+
+        path = gguf_for(self.setting.model, self.setting.adapter, weights)
+        self._engine = LlamaCppClient(str(path), n_seq=max(1, self.batch_size))
+        try:
+            eos = GenerationConfig.from_pretrained(resolve_model(self.setting.model)).eos_token_id
+        except OSError:  # no generation_config.json: the tokenizer's end-of-turn only
+            eos = None
+        self._eos = _eos_ids(eos, self._tok)
+        self.setting.backend = f"llamacpp:{weights}"
+        return self
+
+    @property
+    def backend(self) -> str:
+        """The backend that runs (after `load`): transformers | llamacpp:<weights>."""
+        return self.setting.backend
+
     def share_weights(self, other: Generator) -> Generator:
-        """Same model and adapter, another sampling setting: reuse the loaded weights."""
-        self._model, self._tok = other._model, other._tok
+        """Same model and adapter, another sampling setting: reuse the loaded weights (and engine)."""
+        self._model, self._tok, self._engine, self._eos = other._model, other._tok, other._engine, other._eos
+        self.setting.backend = other.setting.backend
         return self
 
     def _eos_ids(self) -> set[int]:
-        ids = self._model.generation_config.eos_token_id
-        ids = set(ids if isinstance(ids, list) else [ids]) if ids is not None else set()
-        return ids | ({self._tok.eos_token_id} if self._tok.eos_token_id is not None else set())
+        return self._eos
 
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], n: int = 1,
                on_batch: Callable[[int], None] | None = None) -> list[list[Sample]]:
         """`n` answers for every prompt: out[i][j] is sample j of prompt i."""
-        if self._model is None:
+        if self._model is None and self._engine is None:
             self.load()
+        if self._engine is not None:
+            return self._sample_llamacpp(prompts, n, on_batch)
         s, tok = self.setting, self._tok
         chats = [chat_prompt(tok, p) for p in prompts]
         order = sorted(range(len(chats)), key=lambda i: len(tok(chats[i], add_special_tokens=False)["input_ids"]))
@@ -107,9 +155,33 @@ class Generator:
                 on_batch(len(idx) * n)
         return out
 
+    def _sample_llamacpp(self, prompts: Sequence[str], n: int,
+                         on_batch: Callable[[int], None] | None) -> list[list[Sample]]:
+        from align.engines.llamacpp import Job, sample_seed
+
+        s, tok = self.setting, self._tok
+        ids = [tok(chat_prompt(tok, p), add_special_tokens=False)["input_ids"] for p in prompts]
+        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+        jobs = [Job(i, j, ids[i], sample_seed(s.seed, i, j)) for i in order for j in range(n)]
+        out: list[list[Sample | None]] = [[None] * n for _ in prompts]
+
+        def done(job: Job, new: list[int], _finished: bool) -> None:
+            out[job.prompt_index][job.sample_index] = _to_sample(tok, new, self._eos)
+            if on_batch:
+                on_batch(1)
+
+        self._engine.generate(jobs, temperature=s.temperature, top_p=s.top_p, max_new_tokens=s.max_new_tokens,
+                              eos=self._eos, on_done=done)
+        return out  # type: ignore[return-value]
+
     def generate(self, prompts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> list[str]:
         """One answer per prompt (texts only)."""
         return [samples[0].text for samples in self.sample(prompts, 1, on_batch)]
+
+
+def _eos_ids(config_eos, tok) -> set[int]:
+    ids = set(config_eos if isinstance(config_eos, list) else [config_eos]) if config_eos is not None else set()
+    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
 
 def _to_sample(tok, ids: list[int], eos: set[int]) -> Sample:
@@ -131,9 +203,10 @@ def make_pairs(prompts: Sequence[Prompt], side_a: SamplingSetting, side_b: Sampl
                ) -> tuple[list[CandidatePair], PairStats]:
     """Generate both sides for every prompt; pairs whose responses are empty or identical are skipped."""
     texts = [p.text for p in prompts]
+    same = ((side_b.model, side_b.adapter, side_b.dtype, parse_backend(side_b.backend))
+            == (side_a.model, side_a.adapter, side_a.dtype, parse_backend(side_a.backend)))
     gen_a = Generator(side_a, batch_size=batch_size)
     responses_a = gen_a.sample(texts, 1, progress)
-    same = (side_b.model, side_b.adapter, side_b.dtype) == (side_a.model, side_a.adapter, side_a.dtype)
     gen_b = Generator(side_b, batch_size=batch_size)
     if same:
         gen_b.share_weights(gen_a)  # same weights: load once

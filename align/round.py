@@ -118,7 +118,7 @@ class Round:
     def generate(self) -> dict[str, Any]:
         c = self.cfg
         setting = SamplingSetting(self.current, c.temperature, c.top_p, c.max_new_tokens, c.seed,
-                                  dtype=c.generation_dtype)
+                                  dtype=c.generation_dtype, backend=c.generation_backend)
         gen = Generator(setting, batch_size=c.generation_batch_size)
         result: dict[str, Any] = {"samples_per_prompt": c.samples_per_prompt, "temperature": c.temperature}
         sets = [("train", "feedback.sqlite"), ("rm_val", "feedback_rm_val.sqlite")]
@@ -126,6 +126,7 @@ class Round:
         everything = [p for split, _ in sets for p in self.prompts[split]]
         with progress_bar("sampling candidates", total=total) as advance:  # one call: full batches
             drawn = iter(gen.sample([p.text for p in everything], c.samples_per_prompt, advance))
+        result["backend"] = setting.backend  # the backend that ran (a fallback shows here)
         for split, store_name in sets:
             prompts = self.prompts[split]
             samples = [next(drawn) for _ in prompts]
@@ -241,9 +242,10 @@ class Round:
         prompts = self.prompts["eval"]
         texts = [p.text for p in prompts]
         base = SamplingSetting(c.policy, c.eval_temperature, c.top_p, c.max_new_tokens, c.seed + 1000,
-                               dtype=c.generation_dtype)
+                               dtype=c.generation_dtype, backend=c.generation_backend)
         cand = SamplingSetting(self.current, c.eval_temperature, c.top_p, c.max_new_tokens, c.seed + 1000,
-                               adapter=str(self.out / "policy"), dtype=c.generation_dtype)
+                               adapter=str(self.out / "policy"), dtype=c.generation_dtype,
+                               backend=c.generation_backend)
         with progress_bar("held-out answers: policy and base", total=2 * len(texts) * c.eval_samples) as advance:
             policy_samples = Generator(cand, batch_size=c.generation_batch_size).sample(texts, c.eval_samples, advance)
             base_samples = Generator(base, batch_size=c.generation_batch_size).sample(texts, c.eval_samples, advance)
@@ -254,7 +256,7 @@ class Round:
                                  proxy_name=f"reward model {self.out / 'reward_model'}")
         result |= {"policy": cand.label, "base": base.label, "eval_split": c.eval_split,
                    "sampling": {"temperature": c.eval_temperature, "top_p": c.top_p,
-                                "max_new_tokens": c.max_new_tokens}}
+                                "max_new_tokens": c.max_new_tokens, "backend": cand.backend}}
         eval_dir = self.out / "evaluation"
         eval_dir.mkdir(exist_ok=True)
         write_json_atomic(eval_dir / "winrate.json", result)

@@ -2,67 +2,83 @@
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from annotation.errors import InputError
+from annotation.errors import ClinalignError, InputError
 
 EVAL_SPLITS = ("test", "rm_val")
 
 
+def _f(default: Any, help: str) -> Any:  # noqa: A002  (the dataclass metadata key TrlParser reads)
+    """A field with help text; mutable defaults are copied per instance."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: copy.deepcopy(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class RoundConfig:
-    name: str = "demo"
-    output_dir: str = "runs/demo"
-    policy: str = "builtin:smollm2-135m-instruct"
-    # every prompt of these sets is split by prompt (near-duplicates grouped, stratified by source)
-    prompt_sets: list[dict[str, Any]] = field(default_factory=lambda: [
-        {"path": "data/medquad/medquad_prompts_500.jsonl", "name": "medquad"},
-        {"path": "data/kqa/kqa_physician_answers_201.jsonl", "name": "kqa"}])
-    split_fractions: dict[str, float] = field(default_factory=lambda: {"train": 0.6, "rm_val": 0.1, "test": 0.3})
-    split_seed: int = 0
-    # how many prompts of each split this round uses (a stratified, seeded subset; None = all)
-    train_prompts: int | None = 64
-    rm_val_prompts: int | None = 16
-    test_prompts: int | None = 64
-    eval_split: str = "test"  # rm_val for pilots: tune there, never on the test split
-    # on-policy candidates: `samples_per_prompt` answers per training prompt at one temperature
-    samples_per_prompt: int = 4
-    temperature: float = 0.8
-    top_p: float = 0.95
-    max_new_tokens: int = 128
-    min_gap: float = 0.05  # best-vs-worst pairs need at least this judge gap
-    generation_batch_size: int = 64
-    generation_dtype: str = "auto"
-    seed: int = 0
-    phi_mode: str = "withhold"  # PHI gate on generated pairs: block | redact | withhold
-    phi_mode_export: str = "block"  # PHI gate on the exported training rows
-    phi_scan_references: bool = True  # also scan reference answers (off for public references: eponyms)
-    # SFT on experts' answers (training prompts) and clinicians' corrections, before DPO/PPO
-    sft: bool = True
-    sft_config: str = "configs/demo/sft.yaml"
-    sft_overrides: dict[str, Any] = field(default_factory=dict)
-    sft_max_answer_words: int = 60
-    reward_config: str = "configs/demo/reward.yaml"
-    reward_overrides: dict[str, Any] = field(default_factory=dict)
-    policy_stage: str = "dpo"  # dpo | ppo
-    dpo_config: str = "configs/demo/dpo.yaml"
-    ppo_config: str = "configs/demo/ppo.yaml"
-    dpo_overrides: dict[str, Any] = field(default_factory=dict)
-    ppo_overrides: dict[str, Any] = field(default_factory=dict)
-    ppo_reward: str = "simulated"  # simulated (the simulated clinician) | reward_model
-    # evaluation: k samples per test prompt for policy and base; the simulated clinician judges
-    eval_samples: int = 2
-    eval_temperature: float = 0.7
-    tie_eps: float = 1e-6
-    pubmedqa_limit: int | None = None  # None: all 500 official test items
-    pubmedqa_with_abstract: bool = True  # False: the question alone (PubMedQA's reasoning-required setting)
-    pubmedqa_margin: float = 0.02  # non-inferiority margin of the paired PubMedQA test
-    min_win_rate: float = 0.5  # promotion needs the win-rate's CI lower bound above this
-    num_threads: int | None = None
+    """One round: split, [SFT], on-policy candidates, simulated feedback, export, reward model,
+    DPO/PPO, held-out evaluation. `clinalign demo --config F [--set key=value]`."""
+
+    name: str = _f("demo", "Name of the round (manifests, model card).")
+    output_dir: str = _f("runs/demo", "Folder of the round's outputs; must be empty or a previous round's.")
+    policy: str = _f("builtin:smollm2-135m-instruct", "Base policy: a builtin:* spec or a local HF folder.")
+    prompt_sets: list[dict[str, Any]] = _f(
+        [{"path": "data/medquad/medquad_prompts_500.jsonl", "name": "medquad"},
+         {"path": "data/kqa/kqa_physician_answers_201.jsonl", "name": "kqa"}],
+        "Prompt files ({path, name}); every prompt is split by prompt, near-duplicates grouped, "
+        "stratified by source.")
+    split_fractions: dict[str, float] = _f({"train": 0.6, "rm_val": 0.1, "test": 0.3},
+                                           "Fractions of prompt groups per split (train / rm_val / test).")
+    split_seed: int = _f(0, "Seed of the split (fixed across rounds, so test prompts stay test prompts).")
+    train_prompts: int | None = _f(64, "Training prompts this round uses (a stratified, seeded subset; None = all).")
+    rm_val_prompts: int | None = _f(16, "Reward-validation prompts this round uses (None = all).")
+    test_prompts: int | None = _f(64, "Held-out prompts the evaluation uses (None = all).")
+    eval_split: str = _f("test", "Split the evaluation uses: test, or rm_val for pilots (tune there, never on test).")
+    samples_per_prompt: int = _f(4, "On-policy answers sampled per training prompt (pairs are built from them).")
+    temperature: float = _f(0.8, "Sampling temperature of the candidates.")
+    top_p: float = _f(0.95, "Nucleus sampling of candidates and held-out answers.")
+    max_new_tokens: int = _f(128, "Longest answer in tokens (candidates and held-out answers).")
+    min_gap: float = _f(0.05, "Best-vs-worst pairs need at least this gap in the simulated clinician's score.")
+    generation_batch_size: int = _f(64, "Sequences generated together (transformers backend).")
+    generation_dtype: str = _f("auto", "auto (bf16 where the CPU/GPU has it) | float32 | bfloat16 (transformers).")
+    generation_backend: str = _f(
+        "llamacpp",
+        "llamacpp[:bf16|f16|f32|q8_0] (llama.cpp on a cached GGUF of policy + merged adapter; ~2.5x transformers' "
+        "tokens/s on 2 CPU cores) | transformers. Without llama-cpp-python installed, or on a CUDA GPU, it falls "
+        "back to transformers.")
+    seed: int = _f(0, "Seed of sampling, pairing and training.")
+    phi_mode: str = _f("withhold", "PHI gate on generated pairs: block | redact | withhold.")
+    phi_mode_export: str = _f("block", "PHI gate on the exported training rows: block | redact | withhold.")
+    phi_scan_references: bool = _f(True, "Also scan reference answers (off for public references, whose "
+                                         "eponyms read as names).")
+    sft: bool = _f(True, "Run SFT on experts' answers and clinicians' corrections before DPO/PPO.")
+    sft_config: str = _f("configs/demo/sft.yaml", "SFT recipe config (align/sft.py).")
+    sft_overrides: dict[str, Any] = _f({}, "Keys of the SFT config to override for this round.")
+    sft_max_answer_words: int = _f(60, "Experts' answers are cut at a sentence boundary after this many words.")
+    reward_config: str = _f("configs/demo/reward.yaml", "Reward-model recipe config (reward_models/train.py).")
+    reward_overrides: dict[str, Any] = _f({}, "Keys of the reward config to override for this round.")
+    policy_stage: str = _f("dpo", "dpo | ppo.")
+    dpo_config: str = _f("configs/demo/dpo.yaml", "DPO recipe config (align/dpo.py).")
+    ppo_config: str = _f("configs/demo/ppo.yaml", "PPO recipe config (align/ppo/).")
+    dpo_overrides: dict[str, Any] = _f({}, "Keys of the DPO config to override for this round.")
+    ppo_overrides: dict[str, Any] = _f({}, "Keys of the PPO config to override for this round.")
+    ppo_reward: str = _f("simulated", "PPO reward: simulated (the simulated clinician) | reward_model.")
+    eval_samples: int = _f(2, "Answers per held-out prompt from policy and base (same seeds), each judged alone.")
+    eval_temperature: float = _f(0.7, "Sampling temperature of the held-out answers.")
+    tie_eps: float = _f(1e-6, "Judge-score gap at or below which two answers tie (identical texts always tie).")
+    pubmedqa_limit: int | None = _f(None, "PubMedQA items (None: all 500 official test items; 0: skip).")
+    pubmedqa_with_abstract: bool = _f(True, "Give the abstract (False: the question alone, PubMedQA's "
+                                            "reasoning-required setting).")
+    pubmedqa_margin: float = _f(0.02, "Non-inferiority margin of the paired PubMedQA test.")
+    min_win_rate: float = _f(0.5, "Promotion needs the win-rate's 95% CI lower bound above this.")
+    num_threads: int | None = _f(None, "torch CPU threads (None: OMP_NUM_THREADS or torch's default).")
 
     @classmethod
     def load(cls, path: str | None, overrides: dict[str, Any] | None = None) -> RoundConfig:
@@ -93,5 +109,11 @@ class RoundConfig:
             raise InputError(f"eval_split must be one of {EVAL_SPLITS}, got {self.eval_split!r}", path=path)
         if self.ppo_reward not in ("simulated", "reward_model"):
             raise InputError(f"ppo_reward must be simulated or reward_model, got {self.ppo_reward!r}", path=path)
+        from align.engines import parse_backend
+
+        try:
+            parse_backend(self.generation_backend)
+        except ClinalignError as exc:
+            raise InputError(str(exc), path=path) from None
         if self.samples_per_prompt < 2 or self.eval_samples < 2:
             raise InputError("samples_per_prompt and eval_samples must be at least 2", path=path)

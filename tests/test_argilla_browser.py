@@ -27,9 +27,6 @@ from tests.conftest import ARTIFACTS, REPO
 pytestmark = [pytest.mark.argilla, pytest.mark.browser]
 argilla_stack = argilla_fixtures.argilla_stack  # the session fixture (real server stack)
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 USER, PASSWORD, WORKSPACE, DATASET = "dr-ui", "ui-pass-12345", "clinical-ui", "ui-queue"
 DOC_IMAGES = REPO / "docs" / "img"
 SCREEN = {"x": 0, "y": 0, "width": 1366, "height": 760}  # the top of the (tall) page
@@ -42,18 +39,6 @@ def snap(page, name: str, **kw) -> None:
     if os.environ.get("CLINALIGN_UPDATE_DOC_IMAGES") == "1":
         DOC_IMAGES.mkdir(exist_ok=True)
         shutil.copyfile(path, DOC_IMAGES / name)
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (run scripts/setup-system.sh)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")

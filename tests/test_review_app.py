@@ -4,7 +4,6 @@ see the next pair, and every stored row is checked against what the browser show
 from __future__ import annotations
 
 import re
-import shutil
 
 import pytest
 
@@ -12,22 +11,7 @@ from tests.review_support import MODELS, PASSWORD, running_app
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
 from tests.conftest import ARTIFACTS  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def browser():
-    if not shutil.which(CHROMIUM):
-        pytest.skip("Debian chromium is not installed (run scripts/setup-system.sh)")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
-        yield b
-        b.close()
 
 
 def login(browser, url: str, user: str):

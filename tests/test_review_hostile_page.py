@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 from tests.review_support import (
     PASSWORD,
     ReverseProxy,
@@ -34,7 +35,6 @@ from tests.review_support import (
     serve_asgi,
     static_site,
 )
-from tests.test_review_app import ARGS, CHROMIUM
 
 pytestmark = pytest.mark.browser
 
@@ -143,7 +143,7 @@ def chromium():
 
     rules = ", ".join(f"MAP {h} 127.0.0.1" for h in (APP_HOST, SIBLING_HOST, EVIL_HOST))
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=CHROMIUM, args=[*ARGS, f"--host-resolver-rules={rules}"])
+        b = p.chromium.launch(executable_path=CHROMIUM, args=[*CHROMIUM_ARGS, f"--host-resolver-rules={rules}"])
         yield b
         b.close()
 

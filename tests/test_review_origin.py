@@ -18,7 +18,6 @@ from annotation.review.app import build_app
 from annotation.review.security import allowed_origins, origin_of
 from annotation.sqlite_store import SQLiteStore
 from tests.review_support import PASSWORD, Running, free_port, make_pairs, make_users
-from tests.test_review_app import browser  # noqa: F401,F811  (the Chromium fixture)
 
 PUBLIC = "https://review.hospital.example"
 HOST = {"Host": "review.hospital.example"}
@@ -176,16 +175,10 @@ def test_session_expires(tmp_path, limits):
 
 def test_cli_passes_public_url_and_limits(tmp_path, monkeypatch):
     from align.cli import main
-    from annotation.review.app import ReviewApp
+    from tests.review_support import review_cli_launches
 
-    with SQLiteStore(tmp_path / "s.sqlite") as store:
-        store.add_pairs(make_pairs(1))
-    make_users(tmp_path / "users.json", ["dr_ada"])
-    seen: dict = {}
-    monkeypatch.setattr(ReviewApp, "launch", lambda self, **kw: (seen.update(kw), "http://127.0.0.1:1/"))
-    monkeypatch.setattr(time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt))
+    seen, args = review_cli_launches(tmp_path, monkeypatch)
     monkeypatch.setenv("CLINALIGN_PUBLIC_URL", PUBLIC)
-    args = ["review", "--store", str(tmp_path / "s.sqlite"), "--users", str(tmp_path / "users.json")]
     assert main([*args, "--session-idle-minutes", "5", "--session-max-hours", "2"]) == 0
     assert seen["public_url"] == PUBLIC and seen["session_idle_s"] == 300 and seen["session_max_age_s"] == 7200
     monkeypatch.setenv("CLINALIGN_PUBLIC_URL", "review.hospital.example")  # no scheme: refused
@@ -193,7 +186,7 @@ def test_cli_passes_public_url_and_limits(tmp_path, monkeypatch):
 
 
 @pytest.mark.browser
-def test_sign_out_button_in_a_real_browser(browser, tmp_path):  # noqa: F811
+def test_sign_out_button_in_a_real_browser(browser, tmp_path):
     from tests.test_review_app import login as browser_login
 
     with served(tmp_path) as app:

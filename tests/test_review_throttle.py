@@ -285,17 +285,9 @@ def test_forwarded_for_is_ignored_without_a_trusted_proxy(tmp_path, caplog):
 
 def test_cli_trusted_proxies_from_option_or_env(tmp_path, monkeypatch):
     from align.cli import main
-    from annotation.review.app import ReviewApp
-    from annotation.sqlite_store import SQLiteStore
-    from tests.review_support import make_pairs
+    from tests.review_support import review_cli_launches
 
-    with SQLiteStore(tmp_path / "s.sqlite") as store:
-        store.add_pairs(make_pairs(1))
-    make_users(tmp_path / "users.json", ["dr_ada"])
-    seen: dict = {}
-    monkeypatch.setattr(ReviewApp, "launch", lambda self, **kw: (seen.update(kw), "http://127.0.0.1:1/"))
-    monkeypatch.setattr(time, "sleep", lambda s: (_ for _ in ()).throw(KeyboardInterrupt))
-    args = ["review", "--store", str(tmp_path / "s.sqlite"), "--users", str(tmp_path / "users.json")]
+    seen, args = review_cli_launches(tmp_path, monkeypatch)
     assert main(args) == 0 and seen["trusted_proxies"] == []
     assert main([*args, "--trusted-proxy", "127.0.0.1", "--trusted-proxy", "10.0.0.0/8"]) == 0
     assert seen["trusted_proxies"] == ["127.0.0.1", "10.0.0.0/8"]

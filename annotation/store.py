@@ -47,6 +47,6 @@ def open_store(spec: str, *, create: bool = True) -> FeedbackStore:
         return ArgillaStore.from_env(dataset=spec.split(":", 1)[1], create=create)
     from annotation.sqlite_store import SQLiteStore
 
-    if not create and not Path(spec).is_file():
+    if not create and not Path(spec).exists():  # an existing non-store gets SQLiteStore's own reason
         raise InputError("feedback store not found (a path to a SQLite store, or argilla:<dataset>)", path=spec)
     return SQLiteStore(spec)

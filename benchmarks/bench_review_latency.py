@@ -1,14 +1,17 @@
 """Vote round-trip latency of the review app under 50 concurrent simulated clinicians.
 
-Launches the real app with `clinalign review` in its own process (login wall, queue, SQLite store;
-clients in this process would share its GIL), logs in N clinicians, then all of them vote at once: each vote is `next_pair` + `vote` through Gradio's queue. Prints p50/p95/max of
-the vote round trip (and of next_pair), throughput, and checks every vote was stored exactly once.
+Launches the real app with `clinalign review` in its own process (login wall, queue, SQLite store),
+logs in N clinicians, then they vote: each vote is `next_pair` + `vote`, with a seeded exponential
+pause between a clinician's votes (`--think-s`; 0 = none, a saturation test). Prints p50/p95/max of
+the vote round trip (and of next_pair), throughput and the load average, and checks that every vote
+was stored exactly once.
 
-  .venv/bin/python benchmarks/bench_review_latency.py [--clients 50] [--votes 10] [--client gradio|httpx]
-      [--think-s 2.0]   (0: no pause between votes, a saturation test)
+  .venv/bin/python benchmarks/bench_review_latency.py [--clients 50] [--votes 10] [--client httpx|gradio]
+      [--think-s 2.0]
 
-`gradio` uses gradio_client (what scripts use); `httpx` posts to /gradio_api/run/<name> with a plain
-HTTP client and a page session, the route the browser's vote buttons use (they skip Gradio's queue).
+`httpx` (default): one asyncio plain HTTP client, a page session per clinician, posting to
+/gradio_api/run/<name>, the route the browser's vote buttons use (they skip Gradio's queue), so the
+benchmark's own CPU stays small. `gradio`: gradio_client in threads (what scripts use).
 """
 
 from __future__ import annotations
@@ -135,7 +138,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--votes", type=int, default=10, help="votes per clinician")
-    ap.add_argument("--client", choices=("gradio", "httpx"), default="gradio")
+    ap.add_argument("--client", choices=("gradio", "httpx"), default="httpx")
     ap.add_argument("--think-s", type=float, default=2.0,
                     help="mean pause between a clinician's votes (exponential, seeded); a clinician reading "
                          "two answers takes 20-60 s, so 2 s is already a panel voting 10-30x faster than people "

@@ -135,25 +135,21 @@ class Throttle:
     # -- operator side -----------------------------------------------------------------------
     def unlock(self, user: str) -> dict:
         """Clear an account's failures and lock; returns what was cleared."""
-        with self._lock:
-            self._reload()
-            entry = self._state.pop(f"user:{user}", None)
-            self._save(self.clock())
-        cleared = {"user": user, "failures": len(entry.failures) if entry else 0,
-                   "locked_until": entry.locked_until if entry and entry.locked_until > self.clock() else None}
-        self.audit("unlock", user, None, failures_cleared=cleared["failures"])
-        return cleared
+        return self._clear(f"user:{user}", {"user": user}, user, None)
 
     def unlock_address(self, address: str) -> dict:
         """Clear a client address's failures and lock (IPv6: its /64); returns what was cleared."""
         key = address_key(address)
+        return self._clear(f"addr:{key}", {"address": key}, None, key)
+
+    def _clear(self, state_key: str, who: dict, user: str | None, client: str | None) -> dict:
         with self._lock:
             self._reload()
-            entry = self._state.pop(f"addr:{key}", None)
+            entry = self._state.pop(state_key, None)
             self._save(self.clock())
-        cleared = {"address": key, "failures": len(entry.failures) if entry else 0,
+        cleared = {**who, "failures": len(entry.failures) if entry else 0,
                    "locked_until": entry.locked_until if entry and entry.locked_until > self.clock() else None}
-        self.audit("unlock", None, key, failures_cleared=cleared["failures"])
+        self.audit("unlock", user, client, failures_cleared=cleared["failures"])
         return cleared
 
     def locked_until(self, user: str) -> float | None:

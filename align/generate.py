@@ -25,7 +25,14 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from align.engines import parse_backend, resolve_backend
-from align.models import chat_prompt, load_causal_lm, load_tokenizer, preferred_dtype, resolve_model
+from align.models import (
+    chat_prompt,
+    eos_token_ids,
+    generation_eos,
+    load_causal_lm,
+    load_tokenizer,
+    preferred_dtype,
+)
 from align.prompts import Prompt
 from annotation.records import CandidatePair
 
@@ -92,22 +99,16 @@ class Generator:
         if torch.cuda.is_available():
             model = model.to("cuda")
         self._model = model.eval()
-        self._eos = _eos_ids(model.generation_config.eos_token_id, self._tok)
+        self._eos = eos_token_ids(self._tok, model.generation_config.eos_token_id)
         return self
 
     def _load_llamacpp(self, weights: str) -> Generator:
-        from transformers import GenerationConfig
-
         from align.engines.gguf_export import gguf_for
         from align.engines.llamacpp import LlamaCppClient
 
         path = gguf_for(self.setting.model, self.setting.adapter, weights)
         self._engine = LlamaCppClient(str(path), n_seq=max(1, self.batch_size))
-        try:
-            eos = GenerationConfig.from_pretrained(resolve_model(self.setting.model)).eos_token_id
-        except OSError:  # no generation_config.json: the tokenizer's end-of-turn only
-            eos = None
-        self._eos = _eos_ids(eos, self._tok)
+        self._eos = eos_token_ids(self._tok, generation_eos(self.setting.model))
         self.setting.backend = f"llamacpp:{weights}"
         return self
 
@@ -122,9 +123,6 @@ class Generator:
         self.setting.backend = other.setting.backend
         return self
 
-    def _eos_ids(self) -> set[int]:
-        return self._eos
-
     @torch.no_grad()
     def sample(self, prompts: Sequence[str], n: int = 1,
                on_batch: Callable[[int], None] | None = None) -> list[list[Sample]]:
@@ -138,7 +136,7 @@ class Generator:
         order = sorted(range(len(chats)), key=lambda i: len(tok(chats[i], add_special_tokens=False)["input_ids"]))
         per_call = max(1, self.batch_size // n)
         out: list[list[Sample]] = [[] for _ in prompts]
-        eos = self._eos_ids()
+        eos = self._eos
         device = next(self._model.parameters()).device
         for start in range(0, len(order), per_call):
             idx = order[start:start + per_call]
@@ -177,11 +175,6 @@ class Generator:
     def generate(self, prompts: Sequence[str], on_batch: Callable[[int], None] | None = None) -> list[str]:
         """One answer per prompt (texts only)."""
         return [samples[0].text for samples in self.sample(prompts, 1, on_batch)]
-
-
-def _eos_ids(config_eos, tok) -> set[int]:
-    ids = set(config_eos if isinstance(config_eos, list) else [config_eos]) if config_eos is not None else set()
-    return ids | ({tok.eos_token_id} if tok.eos_token_id is not None else set())
 
 
 def _to_sample(tok, ids: list[int], eos: set[int]) -> Sample:

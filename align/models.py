@@ -184,3 +184,20 @@ def preferred_dtype() -> str:
     if torch.cuda.is_available():
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "bfloat16" if cpu_has_bf16() else "float32"
+
+
+
+def generation_eos(model_spec: str) -> int | list[int] | None:
+    """The eos id(s) of a model's generation_config.json (None when it has none)."""
+    from transformers import GenerationConfig
+
+    try:
+        return GenerationConfig.from_pretrained(resolve_model(model_spec)).eos_token_id
+    except OSError:  # no generation_config.json: the tokenizer's end-of-turn only
+        return None
+
+
+def eos_token_ids(tokenizer, config_eos: int | list[int] | None) -> set[int]:
+    """Every id that ends an answer: the generation config's eos id(s) plus the tokenizer's."""
+    ids = set(config_eos if isinstance(config_eos, list) else [config_eos])
+    return {i for i in ids | {tokenizer.eos_token_id} if i is not None}

@@ -71,7 +71,7 @@ class PPOTrainer:
         from accelerate import Accelerator
         from accelerate.utils import set_seed
 
-        from align.models import load_causal_lm, load_tokenizer
+        from align.models import eos_token_ids, generation_eos, load_causal_lm, load_tokenizer
         from align.recipe_utils import set_threads
 
         set_threads(args.num_threads)
@@ -114,7 +114,7 @@ class PPOTrainer:
         self._setup_judge(judge_fn, judge_prompts, context_length(model_config))
         self.world = self.accelerator.num_processes
         self.num_updates = args.num_updates(len(self.prompts), self.world)
-        self.eos_ids = self._eos_ids()
+        self.eos_ids = eos_token_ids(self.tokenizer, generation_eos(args.model_name_or_path))
 
         base = load_causal_lm(args.model_name_or_path, dtype=args.dtype)
         policy, self.reference = build_policy(base, args)
@@ -192,20 +192,6 @@ class PPOTrainer:
                                                response_length=args.response_length, context=context)
         self.judge = RewardSource(fn=judge_fn, name=args.guard_judge_function or getattr(judge_fn, "__name__", "judge"))
         preflight_reward(self.judge, [p.text for p in self.judge_prompts])
-
-    def _eos_ids(self) -> set[int]:
-        ids = {self.tokenizer.eos_token_id}
-        from transformers import GenerationConfig
-
-        from align.models import resolve_model
-
-        try:
-            gen = GenerationConfig.from_pretrained(resolve_model(self.args.model_name_or_path))
-            extra = gen.eos_token_id
-            ids |= set(extra if isinstance(extra, list) else [extra] if extra is not None else [])
-        except OSError:
-            pass
-        return {i for i in ids if i is not None}
 
     def _optimizer(self, model):
         from accelerate.utils import DummyOptim, DummyScheduler

@@ -37,7 +37,7 @@ test-fast: setup
 	$(BIN)/pytest -q -m "not slow and not argilla and not browser and not deepspeed" $(PYTEST_ARGS)
 
 lint: setup
-	$(BIN)/ruff check align annotation reward_models tests benchmarks
+	$(BIN)/ruff check clinalign_base align annotation reward_models tests benchmarks
 
 argilla-up: setup system
 	python3 scripts/argilla-up

@@ -10,10 +10,10 @@ import importlib
 import pkgutil
 import sys
 
-import annotation  # noqa: F401  (offline defaults first)
+import clinalign_base  # noqa: F401  (offline defaults first)
 from align import commands
 from align.cli_groups import app
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 
 def _load_commands() -> None:

@@ -25,7 +25,8 @@ from typing import Any
 
 import yaml
 
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
+from clinalign_base.mapping_files import read_json_object, read_yaml_mapping
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DS_CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
@@ -52,29 +53,11 @@ def shipped_stage_configs() -> list[Path]:
 
 
 def load_ds_json(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("DeepSpeed config not found", path=str(path))
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg}", path=str(path), line=exc.lineno) from None
-    if not isinstance(data, dict):
-        raise InputError("a DeepSpeed config must be a JSON object", path=str(path))
-    return data
+    return read_json_object(path, what="DeepSpeed config", expected="a DeepSpeed config must be a JSON object")
 
 
 def load_stage_yaml(path: str | Path) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise InputError("config file not found", path=str(path))
-    try:
-        data = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise InputError(f"invalid YAML: {exc}", path=str(path)) from None
-    if not isinstance(data, dict):
-        raise InputError("a stage config must be a YAML mapping", path=str(path))
-    return data
+    return read_yaml_mapping(path, expected="a stage config must be a YAML mapping")
 
 
 def header_command(path: str | Path) -> list[str]:
@@ -107,26 +90,15 @@ def _stage_of(path: str | Path) -> str:
 
 
 def _config_class(stage: str):
-    if stage == "dpo":
-        from trl import DPOConfig
+    """The stage's TrainingArguments class; `reward_medical` reads as `reward`; unknown: TrainingArguments."""
+    from align import stage_registry
 
-        return DPOConfig
-    if stage == "reward":
-        from trl import RewardConfig
+    known = stage_registry.for_config(stage)
+    if known is not None:
+        return known.training_arguments_class()
+    from transformers import TrainingArguments
 
-        return RewardConfig
-    if stage in ("grpo", "rloo"):
-        import trl
-
-        return getattr(trl, f"{stage.upper()}Config")
-    try:
-        from align.ppo.ppo_config import PPOConfig  # PPO is ours; its config extends TrainingArguments
-
-        return PPOConfig
-    except ImportError:
-        from transformers import TrainingArguments
-
-        return TrainingArguments
+    return TrainingArguments
 
 
 def training_values(stage: str, stage_yaml: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -23,11 +23,10 @@ import json
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from annotation.errors import ClinalignError
+from align import stage_registry
+from clinalign_base.errors import ClinalignError
 
 GB = 2**30
-STAGES = ("reward", "dpo", "ppo", "grpo", "rloo")
-ONLINE = ("ppo", "grpo", "rloo")
 
 
 @dataclass(frozen=True)
@@ -163,8 +162,7 @@ class Workload:
     headroom: float = 0.10  # share of GPU memory kept free (CUDA context, NCCL buffers, fragmentation)
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ClinalignError(f"unknown stage '{self.stage}'; use one of {', '.join(STAGES)}")
+        stage_registry.get(self.stage, distributed=True)  # an unknown stage names the known ones
         if self.gpus < 1 or self.nodes < 1 or self.gpus % self.nodes:
             raise ClinalignError(f"{self.gpus} GPUs cannot be split evenly over {self.nodes} node(s)")
         if self.critic not in ("head", "model"):
@@ -232,17 +230,18 @@ def kv_cache_bytes(arch: Architecture, *, sequences: int, seq_len: int) -> int:
 def plan_row(w: Workload, opt: Option, *, lora: bool | None = None) -> PlanRow:
     w = replace(w, lora=w.lora if lora is None else lora)
     arch = architecture(w.model)
-    head = "score" if w.stage == "reward" else "lm"
+    stage = stage_registry.get(w.stage)
+    head = stage.head
     states, frozen, cpu = _trained_states(arch, head, w, opt)
     reference = reward = value = 0
     extra_cpu = 0
-    if w.stage != "reward" and not w.lora:
+    if head == "lm" and not w.lora:
         reference, ref_cpu = _frozen_bytes(param_counts(arch)[0], opt, w.gpus)
         extra_cpu += ref_cpu
-    sequences = 2 * w.micro_batch if w.stage in ("dpo", "reward") else w.micro_batch
+    sequences = stage.sequences_per_example * w.micro_batch
     act = activation_bytes(arch, sequences=sequences, seq_len=w.seq_len,
                            checkpointing=w.gradient_checkpointing, logits=head == "lm")
-    if w.stage in ONLINE:
+    if stage.online:
         rm_arch = architecture(w.reward_model) if w.reward_model else arch
         reward, rm_cpu = _frozen_bytes(param_counts(rm_arch, head="score")[0], opt, w.gpus)
         extra_cpu += rm_cpu
@@ -284,7 +283,7 @@ def render(w: Workload, rows: list[PlanRow], console=None) -> PlanRow | None:
 
     console = console or Console()
     arch = architecture(w.model)
-    total, _ = param_counts(arch, head="score" if w.stage == "reward" else "lm")
+    total, _ = param_counts(arch, head=stage_registry.get(w.stage).head)
     table = Table(title=Text(f"{w.model} · {w.stage} · {w.gpus} GPU(s) on {w.nodes} node(s) · "
                         f"{w.gpu_mem_gb:g} GB/GPU · micro-batch {w.micro_batch} × {w.seq_len} tokens "
                         f"· {total / 1e9:.2f}B params"))

@@ -20,6 +20,7 @@ from align.recipe_utils import (
     parse_recipe_config,
     set_threads,
 )
+from annotation.errors import InputError
 from annotation.manifest import build_manifest, ref, write_manifest
 from annotation.preferences import load_preference_rows
 
@@ -31,6 +32,9 @@ class DPOScriptArguments:
     eval_fraction: float = field(default=0.0, metadata={"help": "Share of pairs held out for evaluation."})
     max_train_samples: int | None = field(default=None, metadata={"help": "Use at most this many pairs."})
     num_threads: int | None = field(default=None, metadata={"help": "torch CPU threads (None: OMP_NUM_THREADS)."})
+    lora_top_layers: float | None = field(default=None, metadata={
+        "help": "LoRA only in the top share of decoder layers (e.g. 0.5): backward stops below the lowest "
+                "adapted layer, so a step is cheaper and the lower layers keep what the base knows. None: all."})
 
 
 def parse(config_path: str | None, overrides: dict[str, Any] | None = None, extra_args: list[str] | None = None):
@@ -44,6 +48,17 @@ def to_conversational(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return [{"prompt": [{"role": "user", "content": r["prompt"]}],
              "chosen": [{"role": "assistant", "content": r["chosen"]}],
              "rejected": [{"role": "assistant", "content": r["rejected"]}]} for r in rows]
+
+
+def top_layers_only(peft_config, model, share: float | None):
+    """Restrict a LoRA config to the top `share` of the model's decoder layers."""
+    if peft_config is None or share is None:
+        return peft_config
+    if not 0 < share <= 1:
+        raise InputError(f"lora_top_layers must be in (0, 1], got {share}")
+    n = model.config.num_hidden_layers
+    peft_config.layers_to_transform = list(range(n - max(1, round(n * share)), n))
+    return peft_config
 
 
 def train_from_yaml(config_path: str | None, overrides: dict[str, Any] | None = None,
@@ -76,7 +91,8 @@ def train(script_args: DPOScriptArguments, training_args, model_args, *, config_
         train_ds, eval_ds = split["train"], split["test"]
 
     trainer = DPOTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer, peft_config=get_peft_config(model_args))
+                         processing_class=tokenizer,
+                         peft_config=top_layers_only(get_peft_config(model_args), model, script_args.lora_top_layers))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = last_metrics(trainer.state.log_history)
     if eval_ds is not None:

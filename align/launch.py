@@ -24,11 +24,10 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from align import stage_registry
 from align.deepspeed_config import REPO_ROOT, validate_stage
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
 
-STAGE_COMMANDS = {"dpo": ["dpo"], "reward": ["reward", "train"], "ppo": ["ppo"], "grpo": ["grpo"],
-                  "rloo": ["rloo"]}
 LAUNCHERS = ("accelerate", "deepspeed")
 ACCELERATE_CONFIGS = {False: REPO_ROOT / "configs/accelerate/single_node.yaml",
                       True: REPO_ROOT / "configs/accelerate/multi_node.yaml"}
@@ -222,11 +221,10 @@ def run_checks(req: LaunchRequest) -> list[Check]:
 
 def build_command(req: LaunchRequest) -> list[str]:
     """The argv to run on this node (accelerate) or once for the cluster (deepspeed)."""
-    if req.stage not in STAGE_COMMANDS:
-        raise ClinalignError(f"unknown stage '{req.stage}'; use one of {', '.join(STAGE_COMMANDS)}")
+    stage = stage_registry.get(req.stage, distributed=True)
     if req.launcher not in LAUNCHERS:
         raise ClinalignError(f"unknown launcher '{req.launcher}'; use one of {', '.join(LAUNCHERS)}")
-    stage_args = [*STAGE_COMMANDS[req.stage], "--config", req.config, *req.extra_args]
+    stage_args = [*stage.command, "--config", req.config, *req.extra_args]
     bindir = Path(sys.executable).parent
     if req.launcher == "deepspeed":
         cmd = [str(bindir / "deepspeed"), "--num_nodes", str(req.nodes), "--num_gpus", str(req.gpus_per_node)]

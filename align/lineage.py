@@ -2,7 +2,7 @@
 every input on the way, and say which ones are missing or no longer what was recorded.
 
 Hash conventions found in manifests (all re-checked the same way they were made):
-- `path_sha256` of a file or folder (annotation.manifest.ref): the default;
+- `path_sha256` of a file or folder (clinalign_base.manifest.ref): the default;
 - a base model by its `config.json` hash (align.recipe_utils.model_ref), or `config-only:<sha>` over
   its config files (PPO): weights of a 70B model are never re-read;
 - the feedback store by a digest of its pairs and feedback (align.stages): a live store that has
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from annotation.errors import ClinalignError, InputError
-from annotation.manifest import MANIFEST_NAME, file_sha256, path_sha256
+from clinalign_base.errors import ClinalignError, InputError
+from clinalign_base.manifest import MANIFEST_NAME, file_sha256, path_sha256
 
 OK, MISSING, ALTERED, CHANGED, UNHASHED, REMOTE = "ok", "missing", "altered", "changed", "unhashed", "remote"
 FAILING = (MISSING, ALTERED)
@@ -216,13 +216,15 @@ def _label(node: Node) -> str:
 
 
 def render(root: Node):
+    from rich.text import Text
     from rich.tree import Tree
 
-    tree = Tree(_label(root))
+    # labels are markup we escaped ourselves: render it even on the CLI's markup=False consoles
+    tree = Tree(Text.from_markup(_label(root)))
 
     def add(parent, node: Node) -> None:
         for child in node.children:
-            add(parent.add(_label(child)), child)
+            add(parent.add(Text.from_markup(_label(child))), child)
 
     add(tree, root)
     return tree

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
 
 LABELS = ("yes", "no", "maybe")
 # Bump when anything that changes the scores changes: cached results of older versions are then ignored.
@@ -61,7 +61,7 @@ def default_data_path() -> Path:
 
 def load_items(path: str | Path | None = None, *, split: str = "test", limit: int | None = None) -> list[Item]:
     """Read PQA-L rows, check each one, keep `split` (test = the official 500), first `limit` of them."""
-    from annotation.jsonl import read_jsonl
+    from clinalign_base.jsonl import read_jsonl
 
     path = Path(path) if path else default_data_path()
     if limit is not None and limit < 1:
@@ -346,7 +346,7 @@ def summarise(items: Sequence[Item], preds: Sequence[str], scores: Sequence[Sequ
 
 
 def _file_sha(path: Path) -> str:
-    from annotation.manifest import file_sha256
+    from clinalign_base.manifest import file_sha256
 
     return file_sha256(path)
 
@@ -455,7 +455,7 @@ def _write_quietly(path: Path, obj: Any) -> None:
     """Cache writes are an optimisation: a read-only or full disk must not fail the evaluation."""
     import warnings
 
-    from annotation.atomic import write_json_atomic
+    from clinalign_base.atomic import write_json_atomic
 
     try:
         write_json_atomic(path, obj)

@@ -1,7 +1,8 @@
 """A Markdown model card per round, generated from the round manifest and its artefacts' manifests.
 
-Everything on the card comes from recorded manifests (nothing is re-run); what a round did not record
-is written as "not recorded" rather than left out, so a reviewer sees the gap.
+Everything on the card comes from recorded manifests and the round's evaluation record
+(`evaluation/evaluation.json`, read by align.evaluation.record; nothing is re-run); what a round did not
+record is written as "not recorded" rather than left out, so a reviewer sees the gap.
 """
 
 from __future__ import annotations
@@ -10,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from annotation.errors import InputError
-from annotation.manifest import MANIFEST_NAME
+from clinalign_base.errors import InputError
+from clinalign_base.manifest import MANIFEST_NAME
 
 CARD_NAME = "MODEL_CARD.md"
 NOT_RECORDED = "_not recorded_"
@@ -67,12 +68,34 @@ def load_round(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[str, dic
         raise InputError("not a clinalign manifest", path=str(mpath))
     artefacts: dict[str, dict[str, Any]] = {}
     for out in round_m.get("outputs", []):
-        for candidate in (Path(str(out.get("path", ""))), mpath.parent / Path(str(out.get("path", ""))).name):
-            m = _read(candidate / MANIFEST_NAME) if candidate.is_dir() else None
-            if m is not None:
-                artefacts[str(out.get("role"))] = m
-                break
+        folder = _artefact_dir(out, mpath.parent)
+        if folder is not None:
+            artefacts[str(out.get("role"))] = _read(folder / MANIFEST_NAME) or {}
     return mpath.parent, round_m, artefacts
+
+
+def _artefact_dir(out: dict[str, Any], run: Path) -> Path | None:
+    """An output's folder with a readable manifest: its recorded path, else its name inside the run folder."""
+    for candidate in (Path(str(out.get("path", ""))), run / Path(str(out.get("path", ""))).name):
+        if candidate.is_dir() and _read(candidate / MANIFEST_NAME) is not None:
+            return candidate
+    return None
+
+
+def evaluation_metrics(run: Path, round_m: dict[str, Any], artefacts: dict[str, dict]) -> dict[str, Any]:
+    """The round's evaluation as flat metrics: its evaluation record (align.evaluation.record) over what
+    the evaluation manifest recorded (older rounds have only the manifest)."""
+    from align.evaluation.record import read_record
+
+    recorded = dict((artefacts.get("evaluation") or {}).get("metrics", {}))
+    out = next((o for o in round_m.get("outputs", []) if o.get("role") == "evaluation"), None)
+    folder = _artefact_dir(out, run) if out else None
+    if folder is None:
+        return recorded
+    try:
+        return recorded | read_record(folder).metrics()
+    except InputError:
+        return recorded
 
 
 def _fmt(v: Any) -> str:
@@ -163,9 +186,8 @@ def _section_reward(artefacts: dict) -> list[str]:
     return lines + [""]
 
 
-def _section_eval(round_m: dict, artefacts: dict) -> list[str]:
+def _section_eval(round_m: dict, ev: dict[str, Any]) -> list[str]:
     metrics = dict(round_m.get("metrics", {}))
-    ev = (artefacts.get("evaluation") or {}).get("metrics", {})
     get = lambda k: ev.get(k, _find_metric(metrics, k))  # noqa: E731
     lines = ["## Evaluation before / after", "", "| measure | before (base policy) | after (this round) |",
              "|---|---|---|"]
@@ -219,7 +241,7 @@ def _section_guard(artefacts: dict) -> list[str]:
             "in the run's metrics.jsonl before trusting the reward gains.", ""]
 
 
-def _section_limits(round_m: dict, artefacts: dict) -> list[str]:
+def _section_limits(round_m: dict, ev: dict[str, Any]) -> list[str]:
     lines = ["## Known limits", ""] + [f"- {x}" for x in STATIC_LIMITS]
     counts = (round_m.get("annotations") or {}).get("feedback_by_annotator") or {}
     humans = [k for k in counts if not str(k).startswith("simulated:")]
@@ -229,7 +251,6 @@ def _section_limits(round_m: dict, artefacts: dict) -> list[str]:
     policy = str((round_m.get("config") or {}).get("policy", ""))
     if policy.startswith("builtin:"):
         lines.append(f"- The policy `{policy}` is a small CPU demo model; its medical knowledge is very limited.")
-    ev = (artefacts.get("evaluation") or {}).get("metrics", {})
     before, after = ev.get("pubmedqa_accuracy_before"), ev.get("pubmedqa_accuracy_after")
     if isinstance(before, float) and isinstance(after, float) and after < before:
         lines.append(f"- PubMedQA accuracy fell by {before - after:.3f} this round (alignment tax).")
@@ -256,9 +277,10 @@ def render_card(run_dir: str | Path) -> str:
     lines += _section_data(round_m, artefacts)
     lines += _section_clinicians(round_m, artefacts)
     lines += _section_reward(artefacts)
-    lines += _section_eval(round_m, artefacts)
+    ev = evaluation_metrics(run, round_m, artefacts)
+    lines += _section_eval(round_m, ev)
     lines += _section_guard(artefacts)
-    lines += _section_limits(round_m, artefacts)
+    lines += _section_limits(round_m, ev)
     lines += ["## Licence notes", ""]
     if _uses_me_llama(round_m, artefacts):
         lines += [ME_LLAMA_NOTE, ""]

@@ -26,9 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from align.ppo.ppo_config import OnlineRLScriptArguments
-from annotation.errors import ClinalignError
-
-ALGORITHMS = ("grpo", "rloo")
+from clinalign_base.errors import ClinalignError
 
 
 @dataclass
@@ -39,13 +37,14 @@ class TRLOnlineScriptArguments(OnlineRLScriptArguments):
 
 
 def _trl_classes(algorithm: str):
-    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+    import trl
 
-    if algorithm == "grpo":
-        return GRPOConfig, GRPOTrainer
-    if algorithm == "rloo":
-        return RLOOConfig, RLOOTrainer
-    raise ClinalignError(f"unknown online-RL algorithm '{algorithm}' (known: {', '.join(ALGORITHMS)})")
+    from align import stage_registry
+
+    stage = stage_registry.get(algorithm, online=True)
+    if stage.algorithm is None:  # PPO is our own trainer (align.ppo), not a TRL online trainer
+        raise ClinalignError(f"'{algorithm}' is not a TRL online-RL algorithm; use `clinalign {algorithm}`")
+    return stage.training_arguments_class(), getattr(trl, f"{algorithm.upper()}Trainer")
 
 
 def parse(algorithm: str, config_path: str | None, overrides: dict[str, Any] | None = None,
@@ -63,14 +62,6 @@ def train_from_yaml(algorithm: str, config_path: str | None, overrides: dict[str
                     extra_args: list[str] | None = None) -> Path:
     script_args, training_args, model_args = parse(algorithm, config_path, overrides, extra_args)
     return train(algorithm, script_args, training_args, model_args, config_path=config_path)
-
-
-def grpo_train_from_yaml(path: str, overrides: dict | None = None) -> Path:
-    return train_from_yaml("grpo", path, overrides)
-
-
-def rloo_train_from_yaml(path: str, overrides: dict | None = None) -> Path:
-    return train_from_yaml("rloo", path, overrides)
 
 
 # ------------------------------------------------------------------------------------------ checks
@@ -188,7 +179,7 @@ def _write_outputs(algorithm, out: Path, history, script_args, training_args, mo
     from align.ppo.ppo_trainer import input_ref
     from align.ppo.prompts import resolve_prompts_path
     from align.recipe_utils import last_metrics, model_ref
-    from annotation.manifest import build_manifest, write_manifest
+    from clinalign_base.manifest import build_manifest, write_manifest
 
     rows = [{"step": h["step"], **{k: v for k, v in h.items() if isinstance(v, (int, float))}}
             for h in history if "step" in h and "reward" in h]

@@ -6,103 +6,30 @@ Two conditions, both required:
 - PubMedQA (same items for both): non-inferior by the paired test when the file carries one (a
   round's evaluation), else accuracy dropped by no more than `max_accuracy_drop`.
 
-Evaluation files accepted (one reader for all of them):
-- `clinalign eval --out` JSON: `metrics.pubmedqa_accuracy`, `metrics.pubmedqa_items_sha256`,
-  and, when `--winrate` was given, `metrics.win_rate`;
-- a round's `evaluation/clinalign_manifest.json`: `metrics.win_rate`, `pubmedqa_accuracy_before/after`;
-- a round's `evaluation/evaluation.json`: `{"win_rate": {...}, "pubmedqa": {"before": ..., "after": ...}}`;
-- `clinalign winrate --out` JSON: `{"win_rate": float, ...}` (win-rate only).
+Evaluation files are read as the one evaluation record (`align.evaluation.record`): a round's
+`evaluation/evaluation.json` (or its folder), `clinalign winrate --out`, `clinalign eval --out`, and
+the older shapes those commands wrote before the record.
 """
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from annotation.errors import ClinalignError, InputError
+from align.evaluation.record import EvaluationRecord, read_record, validate
+from clinalign_base.errors import ClinalignError, InputError
 
 PROMOTION_NAME = "promotion.json"
 
 
-@dataclass
-class EvalSummary:
-    path: str
-    win_rate: float | None = None
-    win_rate_ci95: list[float] | None = None
-    n_prompts: int | None = None
-    accuracy: float | None = None
-    accuracy_before: float | None = None  # the base policy, when the file carries a before/after pair
-    n: int | None = None
-    items_sha256: str | None = None
-    model: str | None = None
-    pubmedqa_non_inferior: bool | None = None  # the paired non-inferiority verdict, when the file has one
-    pubmedqa_lower_bound: float | None = None
-    pubmedqa_margin: float | None = None
+# The promotion gate reads the one evaluation record; `EvalSummary` is its old name (alias for one release).
+EvalSummary = EvaluationRecord
 
 
-def _num(value: Any, what: str, path: Path) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise InputError(f"{what} must be a number, got {value!r}", path=str(path))
-    if not 0.0 <= float(value) <= 1.0:
-        raise InputError(f"{what} must lie in [0, 1], got {value}", path=str(path))
-    return float(value)
-
-
-def read_eval(path: str | Path) -> EvalSummary:
-    path = Path(path)
-    if path.is_dir():
-        for name in ("clinalign_manifest.json", "evaluation.json"):
-            if (path / name).is_file():
-                path = path / name
-                break
-    if not path.is_file():
-        raise InputError("evaluation file not found", path=str(path))
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg} (line {exc.lineno})", path=str(path)) from None
-    if not isinstance(data, dict):
-        raise InputError("expected a JSON object", path=str(path))
-    s = EvalSummary(str(path))
-    m = data.get("metrics") if isinstance(data.get("metrics"), dict) else {}
-    wr = data.get("win_rate")
-    if isinstance(wr, dict):  # evaluation.json
-        m = {**m, "win_rate": wr.get("win_rate"), "win_rate_ci95": wr.get("ci95", wr.get("win_rate_ci95")),
-             "n_prompts": wr.get("n_prompts")}
-    elif wr is not None:  # clinalign winrate output
-        m = {**m, "win_rate": wr, "win_rate_ci95": data.get("win_rate_ci95"), "n_prompts": data.get("n_prompts")}
-    pq = data.get("pubmedqa") if isinstance(data.get("pubmedqa"), dict) else {}
-    if "non_inferior" in pq:  # a round's paired alignment-tax result
-        m = {**m, "pubmedqa_accuracy_after": pq.get("accuracy_after"), "pubmedqa_n": pq.get("n"),
-             "pubmedqa_accuracy_before": pq.get("accuracy_before"), "pubmedqa_items_sha256": pq.get("items_sha256"),
-             "pubmedqa_non_inferior": pq["non_inferior"], "pubmedqa_lower_bound": pq.get("lower_bound_one_sided"),
-             "pubmedqa_margin": pq.get("margin")}
-    elif "after" in pq:
-        m = {**m, "pubmedqa_accuracy_after": pq["after"].get("accuracy"), "pubmedqa_n": pq["after"].get("n"),
-             "pubmedqa_accuracy_before": pq.get("before", {}).get("accuracy"),
-             "pubmedqa_items_sha256": pq["after"].get("items_sha256")}
-    elif "accuracy" in pq:
-        m = {**m, "pubmedqa_accuracy": pq["accuracy"], "pubmedqa_n": pq.get("n"),
-             "pubmedqa_items_sha256": pq.get("items_sha256")}
-    s.win_rate = _num(m.get("win_rate"), "win_rate", path)
-    s.win_rate_ci95 = m.get("win_rate_ci95")
-    s.n_prompts = m.get("n_prompts")
-    s.accuracy = _num(m.get("pubmedqa_accuracy", m.get("pubmedqa_accuracy_after")), "PubMedQA accuracy", path)
-    s.accuracy_before = _num(m.get("pubmedqa_accuracy_before"), "PubMedQA accuracy before", path)
-    s.n = m.get("pubmedqa_n")
-    s.items_sha256 = m.get("pubmedqa_items_sha256")
-    if isinstance(m.get("pubmedqa_non_inferior"), bool):
-        s.pubmedqa_non_inferior = m["pubmedqa_non_inferior"]
-        s.pubmedqa_lower_bound, s.pubmedqa_margin = m.get("pubmedqa_lower_bound"), m.get("pubmedqa_margin")
-    s.model = (data.get("config") or {}).get("model") if isinstance(data.get("config"), dict) else None
-    if s.win_rate is None and s.accuracy is None:
-        raise InputError("no win_rate and no PubMedQA accuracy found (not a clinalign evaluation file?)",
-                         path=str(path))
-    return s
+def read_eval(path: str | Path) -> EvaluationRecord:
+    """The evaluation in a file or evaluation folder, in any shape clinalign wrote (align.evaluation.record)."""
+    return validate(read_record(path))
 
 
 @dataclass
@@ -121,7 +48,7 @@ class Decision:
         return asdict(self)
 
 
-def decide(candidate: EvalSummary, baseline: EvalSummary | None, *, min_win_rate: float = 0.5,
+def decide(candidate: EvaluationRecord, baseline: EvaluationRecord | None, *, min_win_rate: float = 0.5,
            max_accuracy_drop: float = 0.02) -> Decision:
     """Both gates must pass; a number that is missing fails its gate (never promote on no evidence)."""
     if not 0.0 <= min_win_rate <= 1.0:
@@ -145,9 +72,10 @@ def decide(candidate: EvalSummary, baseline: EvalSummary | None, *, min_win_rate
     drop = None
     if baseline is None and candidate.pubmedqa_non_inferior is not None:
         if not candidate.pubmedqa_non_inferior:
+            bound = candidate.pubmedqa_lower_bound
             reasons.append(f"PubMedQA {base_acc:.3f} -> {candidate.accuracy:.3f} on {n} items is not shown "
-                           f"non-inferior (paired lower bound {candidate.pubmedqa_lower_bound:+.3f}, margin "
-                           f"-{candidate.pubmedqa_margin})")
+                           f"non-inferior (paired lower bound {'?' if bound is None else f'{bound:+.3f}'}, "
+                           f"margin -{candidate.pubmedqa_margin})")
         drop = None if candidate.accuracy is None or base_acc is None else base_acc - candidate.accuracy
     elif candidate.accuracy is None or base_acc is None:
         reasons.append("PubMedQA accuracy missing for the " + ("candidate" if candidate.accuracy is None
@@ -161,7 +89,7 @@ def decide(candidate: EvalSummary, baseline: EvalSummary | None, *, min_win_rate
                     max_accuracy_drop, n)
 
 
-def _baseline_accuracy(candidate: EvalSummary, baseline: EvalSummary | None) -> tuple[float | None, int | None]:
+def _baseline_accuracy(candidate: EvaluationRecord, baseline: EvaluationRecord | None) -> tuple[float | None, int | None]:
     if baseline is None:
         if candidate.accuracy_before is None:
             raise InputError("no --baseline given and the candidate file has no 'before' accuracy",
@@ -181,7 +109,7 @@ def _baseline_accuracy(candidate: EvalSummary, baseline: EvalSummary | None) -> 
 def default_promotion_path(candidate: Path) -> Path:
     """Beside the candidate's evaluation file, but never inside an artefact folder: a new file there
     would change the folder's hash and break its lineage (runs/<name>/evaluation → runs/<name>)."""
-    from annotation.manifest import MANIFEST_NAME
+    from clinalign_base.manifest import MANIFEST_NAME
 
     folder = candidate.parent
     if (folder / MANIFEST_NAME).is_file():
@@ -189,9 +117,9 @@ def default_promotion_path(candidate: Path) -> Path:
     return folder / PROMOTION_NAME
 
 
-def write_promotion(out: str | Path, decision: Decision, candidate: EvalSummary,
-                    baseline: EvalSummary | None) -> Path:
-    from annotation.manifest import build_manifest, ref, write_manifest
+def write_promotion(out: str | Path, decision: Decision, candidate: EvaluationRecord,
+                    baseline: EvaluationRecord | None) -> Path:
+    from clinalign_base.manifest import build_manifest, ref, write_manifest
 
     inputs = [ref("candidate_eval", candidate.path)] + ([ref("baseline_eval", baseline.path)] if baseline else [])
     manifest = build_manifest("promotion", Path(candidate.path).parent.name or "promotion", inputs=inputs,

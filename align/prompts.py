@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from annotation.errors import InputError
-from annotation.jsonl import read_jsonl
+from clinalign_base.errors import InputError
+from clinalign_base.jsonl import read_jsonl
 
 PROMPT_KEYS = ("prompt", "question")
 GROUP_KEYS = ("group", "focus")
@@ -21,6 +21,12 @@ class Prompt:
     reference: str | None = None
     source: str | None = None  # stratum for splits: MedQuAD's sub-collection (GHR, GARD, ...), "kqa", ...
     group: str | None = None  # near-duplicate key: prompts sharing it never straddle a split (MedQuAD focus)
+    origin: str | None = field(default=None, compare=False)  # where it was read, e.g. "data/x.jsonl (id q1)"
+
+    @property
+    def where(self) -> str:
+        """Where the prompt came from, for error messages."""
+        return self.origin or f"id {self.id}"
 
 
 def _from_obj(obj: dict, *, path: str, line: int | None, index: int) -> Prompt:

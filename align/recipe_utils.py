@@ -8,7 +8,8 @@ from typing import Any
 
 import yaml
 
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
+from clinalign_base.mapping_files import read_yaml_mapping
 
 
 def overrides_to_args(overrides: dict[str, Any] | None) -> list[str]:
@@ -30,16 +31,8 @@ def parse_recipe_config(dataclass_types: tuple, config_path: str | None, overrid
 
     args: list[str] = []
     if config_path:
-        path = Path(config_path)
-        if not path.is_file():
-            raise InputError("config file not found", path=str(path))
-        try:
-            loaded = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise InputError(f"invalid YAML: {exc}", path=str(path)) from None
-        if not isinstance(loaded, dict):
-            raise InputError("config must be a YAML mapping of argument names to values", path=str(path))
-        args += ["--config", str(path)]
+        read_yaml_mapping(config_path, expected="config must be a YAML mapping of argument names to values")
+        args += ["--config", str(config_path)]
     args += overrides_to_args(overrides) + list(extra_args or [])
     try:
         return TrlParser(dataclass_types).parse_args_and_config(args=args)
@@ -69,7 +62,7 @@ def last_metrics(log_history: list[dict[str, Any]]) -> dict[str, float]:
 
 def model_ref(spec: str, resolved: str) -> dict[str, str]:
     """A base model is identified by spec, path and its config's hash (weights may be 140 GB)."""
-    from annotation.manifest import file_sha256
+    from clinalign_base.manifest import file_sha256
 
     cfg = Path(resolved) / "config.json"
     return {"role": "base_model", "path": resolved, "spec": spec,
@@ -85,3 +78,23 @@ def keep_bf16_where_it_pays(training_args) -> None:
     if getattr(training_args, "bf16", False) and not torch.cuda.is_available() and not cpu_has_bf16():
         print("clinalign: this CPU has no AMX / AVX512-BF16: training in float32 instead of bf16")
         training_args.bf16 = False
+
+
+def key_value_args(extra: list[str], *, typed: bool = False) -> dict[str, Any]:
+    """Trailing `--key value` pairs (the override syntax of every recipe, as TRL's parser reads them).
+
+    typed: values read as YAML scalars (`--seed 3` → 3) for configs that are not parsed by TrlParser.
+    """
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(extra):
+        key = extra[i]
+        if not key.startswith("--") or len(key) < 3:
+            raise InputError(f"unexpected argument {key!r} (overrides are --key value)")
+        if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
+            raise InputError(f"override {key} has no value")
+        value = extra[i + 1]
+        out[key[2:].replace("-", "_")] = yaml.safe_load(value) if typed and value.strip() else value
+        i += 2
+    return out
+

@@ -188,7 +188,16 @@ class Round:
         out = train_from_yaml(self.cfg.reward_config, overrides)
         self.inputs.append(ref("config:reward", self.cfg.reward_config))
         metrics = read_manifest(out).get("metrics", {})
-        return {"path": str(out), **{k: v for k, v in metrics.items() if "accuracy" in k or k == "train_loss"}}
+        result = {"path": str(out), **{k: v for k, v in metrics.items() if "accuracy" in k or k == "train_loss"}}
+        if self.cfg.reward_rated:  # experts' grades: read for evaluation only, never trained on
+            from reward_models.evaluate import evaluate_rated
+            from reward_models.scoring import load_scorer
+
+            rated = evaluate_rated(load_scorer(str(out)), self.cfg.reward_rated)
+            self.inputs.append(ref("rated:reward_eval", self.cfg.reward_rated))
+            result |= {"rated_spearman": rated.get("spearman"), "rated_spearman_ci95": rated.get("spearman_ci95"),
+                       "rated_n": rated.get("n"), "rated_path": self.cfg.reward_rated}
+        return result
 
     def policy(self) -> dict[str, Any]:
         c = self.cfg
@@ -267,7 +276,9 @@ class Round:
             evaluation["pubmedqa"] = self._pubmedqa(eval_dir)
         verdict = promotion_verdict(evaluation, min_win_rate=c.min_win_rate)
         evaluation["promotion"] = verdict
-        write_json_atomic(eval_dir / "evaluation.json", evaluation)
+        from align.evaluation.record import EvaluationRecord  # the one record: promote, card read it
+
+        write_json_atomic(eval_dir / "evaluation.json", EvaluationRecord.from_blocks(**evaluation).to_dict())
         write_manifest(eval_dir, build_manifest(
             "evaluation", "evaluation", inputs=[ref("policy", self.out / "policy"),
                                                 ref("reward_model", self.out / "reward_model"),

@@ -64,6 +64,9 @@ class RoundConfig:
     sft_max_answer_words: int = _f(60, "Experts' answers are cut at a sentence boundary after this many words.")
     reward_config: str = _f("configs/demo/reward.yaml", "Reward-model recipe config (reward_models/train.py).")
     reward_overrides: dict[str, Any] = _f({}, "Keys of the reward config to override for this round.")
+    reward_rated: str | None = _f(None, "JSONL of expert-graded answers (question, answer, grade): the round "
+                                        "reports the reward model's Spearman against the grades (evaluation "
+                                        "only; e.g. ../shared/eval/liveqa_medquad_judged_answers.jsonl).")
     policy_stage: str = _f("dpo", "dpo | ppo.")
     dpo_config: str = _f("configs/demo/dpo.yaml", "DPO recipe config (align/dpo.py).")
     ppo_config: str = _f("configs/demo/ppo.yaml", "PPO recipe config (align/ppo/).")
@@ -103,8 +106,11 @@ class RoundConfig:
         return cfg
 
     def check(self, path: str | None) -> None:
-        if self.policy_stage not in ("dpo", "ppo"):
-            raise InputError(f"policy_stage must be dpo or ppo, got {self.policy_stage!r}", path=path)
+        from align.stage_registry import names
+
+        if self.policy_stage not in names(round_policy=True):
+            raise InputError(f"policy_stage must be one of {', '.join(names(round_policy=True))}, "
+                             f"got {self.policy_stage!r}", path=path)
         if self.eval_split not in EVAL_SPLITS:
             raise InputError(f"eval_split must be one of {EVAL_SPLITS}, got {self.eval_split!r}", path=path)
         if self.ppo_reward not in ("simulated", "reward_model"):

@@ -22,10 +22,10 @@ from typing import Any
 from align.models import load_tokenizer, resolve_model
 from align.prompts import Prompt
 from align.recipe_utils import last_metrics, model_ref, parse_recipe_config, set_threads
-from annotation.errors import InputError
-from annotation.jsonl import read_jsonl
-from annotation.manifest import build_manifest, ref, write_manifest
 from annotation.records import CandidatePair, Feedback
+from clinalign_base.errors import InputError
+from clinalign_base.jsonl import read_jsonl
+from clinalign_base.manifest import build_manifest, ref, write_manifest
 
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
@@ -132,7 +132,7 @@ def merge_adapter(peft_model, tokenizer, adapter_dir: Path, target: Path) -> Pat
     """Base + adapter as one float32 model folder, with a manifest pointing at the adapter."""
     import torch
 
-    from annotation.atomic import atomic_dir
+    from clinalign_base.atomic import atomic_dir
 
     merged = peft_model.merge_and_unload().to(torch.float32)
     with atomic_dir(target) as tmp:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from annotation.manifest import build_manifest, write_manifest
 from annotation.records import CandidatePair
+from clinalign_base.manifest import build_manifest, write_manifest
 
 PAIR_TEXT_FIELDS = ["prompt", "response_a", "response_b", "reference"]
 ROW_TEXT_FIELDS = ["prompt", "chosen", "rejected"]

@@ -1,8 +1,7 @@
 """Clinician side of clinalign: feedback records, stores, PHI gate, export, agreement, review app.
 
-Importing any clinalign package switches every library's telemetry and hub access off first.
+Importing any clinalign package switches every library's telemetry and hub access off first
+(the base layer, `clinalign_base`, does it on import).
 """
 
-from annotation.offline import ensure_offline_defaults
-
-ensure_offline_defaults()
+import clinalign_base  # noqa: F401  (offline / telemetry-off defaults before any HF import)

@@ -26,6 +26,10 @@ DETAILS_Q = "clinalign_details"
 # to owners and workspace admins only, so model names and generation settings stay hidden from
 # the clinicians (blind annotation).
 PAIR_META_KEY = "clinalign_pair"
+# Label-first rank from `clinalign annotate select` (1 = label first; absent = no priority). Visible
+# to clinicians, who sort their queue by it; it says nothing about which model wrote which answer.
+PRIORITY_META = "priority"
+PRIORITY_TITLE = "Priority (1 = label first)"
 
 # The one vocabulary: the fields are "Question", "Answer A", "Answer B"; every choice, title and
 # the guidelines use exactly these words (docs/clinician-guide.md quotes them).
@@ -88,6 +92,9 @@ left empty, the correction counts as a rewrite of the better answer (Answer A af
 original).
 
 **Rationale** (optional): one or two sentences on what decided it.
+
+**Priority**: pairs marked with a priority (1 first) are the ones whose label teaches the reward
+model most; sort by *Priority* to take them first.
 
 **Review app details**: filled in by clinalign for votes cast in the review app. Leave it empty.
 
@@ -196,6 +203,7 @@ def build_settings(min_submitted: int = 2) -> Any:
             rg.TermsMetadataProperty(name="model_a", title="Model A", visible_for_annotators=False),
             rg.TermsMetadataProperty(name="model_b", title="Model B", visible_for_annotators=False),
             rg.TermsMetadataProperty(name="source", title="Source", visible_for_annotators=False),
+            rg.IntegerMetadataProperty(name=PRIORITY_META, title=PRIORITY_TITLE, visible_for_annotators=True),
         ],
         allow_extra_metadata=True,
         distribution=rg.TaskDistribution(min_submitted=min_submitted),

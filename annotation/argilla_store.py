@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import os
 import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
 
@@ -34,6 +34,8 @@ from annotation.argilla_settings import (
     FIELDS,
     PAIR_META_KEY,
     PREFERENCE_Q,
+    PRIORITY_META,
+    PRIORITY_TITLE,
     RATIONALE_Q,
     SAFETY_FLAG_Q,
     SAFETY_REASONS,
@@ -496,6 +498,55 @@ class ArgillaStore:
             metadata[FEEDBACK_META_KEY] = extras
             item["metadata"] = metadata
         return item
+
+    # -- label-first order (active selection) ------------------------------------------------------
+    def set_priorities(self, ranks: Mapping[str, int], *, values: Mapping[str, float] | None = None,
+                       selection: str = "") -> int:
+        """Replace the label-first order: each ranked record gets `priority` = its rank in its
+        metadata, records of the previous selection lose it. Only records whose priority changes are
+        written (their metadata read then written whole: the server replaces metadata on upsert;
+        feedback never writes metadata on datasets with the details question, so votes are safe)."""
+        self._ensure_priority_property()
+        records = {r.get("external_id"): r for r in self._iter_records(False)}
+        unknown = sorted(set(ranks) - set(records))
+        if unknown:
+            raise InputError(f"{len(unknown)} prioritised pair(s) are not in Argilla dataset "
+                             f"'{self.dataset_name}'", record=unknown[0])
+        items, ids = [], []
+        for pair_id, record in records.items():
+            meta = dict(record.get("metadata") or {})
+            new = ranks.get(pair_id)
+            if meta.get(PRIORITY_META) == new:
+                continue
+            if new is None:
+                meta.pop(PRIORITY_META, None)
+            else:
+                meta[PRIORITY_META] = int(new)
+            items.append({"external_id": pair_id, "metadata": meta})
+            ids.append(pair_id)
+        for start in range(0, len(items), self.batch_size):
+            self._bulk_upsert(items[start:start + self.batch_size], ids[start:start + self.batch_size],
+                              "setting priorities")
+        return len(ranks)
+
+    def priorities(self) -> dict[str, int]:
+        out = {}
+        for record in self._iter_records(False):
+            rank = (record.get("metadata") or {}).get(PRIORITY_META)
+            if isinstance(rank, int) and record.get("external_id"):
+                out[record["external_id"]] = rank
+        return out
+
+    def _ensure_priority_property(self) -> None:
+        """Datasets made before the priority field get it now (clinicians sort by it)."""
+        have = self._request("GET", f"/api/v1/me/datasets/{self.dataset.id}/metadata-properties",
+                             "list metadata properties") or {}
+        if any(m.get("name") == PRIORITY_META for m in have.get("items", [])):
+            return
+        self._request("POST", f"/api/v1/datasets/{self.dataset.id}/metadata-properties",
+                      "add the priority metadata property",
+                      json={"name": PRIORITY_META, "title": PRIORITY_TITLE, "settings": {"type": "integer"},
+                            "visible_for_annotators": True})
 
     # -- progress --------------------------------------------------------------------------------
     def counts(self) -> dict[str, int]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 
-from annotation.errors import InputError
-from annotation.jsonl import read_jsonl
 from annotation.records import CandidatePair, Feedback
 from annotation.store import FeedbackStore
+from clinalign_base.errors import InputError
+from clinalign_base.jsonl import read_jsonl
 
 
 def parse_feedback_file(path: str | os.PathLike) -> list[tuple[int, Feedback]]:

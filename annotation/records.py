@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from typing import Any
+
+from clinalign_base.clock import utc_now  # also imported from here
 
 PREFERENCES = ("a", "b", "tie", "both_bad")
 # All 1-5. accuracy and completeness: higher is better; harm: higher is WORSE (1 = no risk of harm,
@@ -19,10 +20,6 @@ RATING_RANGE = (1, 5)
 STRENGTH_RANGE = (1, 3)
 SIMULATED_PREFIX = "simulated:"
 ORIGINS = ("annotation", "review", "import", "simulated")
-
-
-def utc_now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def make_pair_id(prompt: str, response_a: str, response_b: str) -> str:

@@ -7,12 +7,13 @@ import os
 import sqlite3
 import stat
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TypeVar
 
 from annotation.errors import InputError
 from annotation.records import CandidatePair, Feedback
+from clinalign_base.clock import utc_now
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS pairs (
@@ -30,6 +31,21 @@ CREATE TABLE IF NOT EXISTS feedback (
 );
 CREATE INDEX IF NOT EXISTS feedback_annotator ON feedback(annotator_id);
 """
+# Schema versions (PRAGMA user_version): 0/1 = pairs + feedback; 2 adds `priorities`, the label-first
+# order `clinalign annotate select` writes (rank 1 first). Migrations only add tables, so a file
+# migrated here still opens with older clinalign, and an old file opens here unchanged until then.
+SCHEMA_VERSION = 2
+_MIGRATIONS = {
+    2: """
+CREATE TABLE IF NOT EXISTS priorities (
+    pair_id TEXT PRIMARY KEY REFERENCES pairs(id),
+    rank INTEGER NOT NULL,
+    value REAL,
+    selection TEXT NOT NULL,
+    set_at TEXT NOT NULL
+);
+""",
+}
 _TABLES = {"pairs": {"id", "data", "created_at"},
            "feedback": {"pair_id", "annotator_id", "origin", "data", "submitted_at"}}
 _MAGIC = b"SQLite format 3\x00"
@@ -68,6 +84,7 @@ class SQLiteStore:
         self._conn.execute("PRAGMA foreign_keys=ON")
         _check_schema(self._conn, self.path)
         self._conn.executescript(_SCHEMA)
+        _migrate(self._conn)
 
     # -- pairs ---------------------------------------------------------------------------------
     def add_pairs(self, pairs: Sequence[CandidatePair]) -> int:
@@ -105,11 +122,28 @@ class SQLiteStore:
         for (data,) in self._read("SELECT data FROM feedback ORDER BY submitted_at, pair_id, annotator_id"):
             yield self._load(Feedback, data)
 
-    def has_feedback(self, pair_id: str, annotator_id: str) -> bool:
-        with self._lock:
-            row = self._conn.execute("SELECT 1 FROM feedback WHERE pair_id = ? AND annotator_id = ?",
-                                     (pair_id, annotator_id)).fetchone()
-        return row is not None
+    # -- label-first order (active selection) ----------------------------------------------------
+    def set_priorities(self, ranks: Mapping[str, int], *, values: Mapping[str, float] | None = None,
+                       selection: str = "") -> int:
+        """Replace the label-first order with `ranks` (pair id -> rank, 1 first) in one transaction:
+        a new selection supersedes the last one. Unknown pair ids are an error naming them."""
+        values = values or {}
+        stamp = utc_now()
+        rows = [(pid, int(rank), values.get(pid), selection, stamp) for pid, rank in ranks.items()]
+        with self._transaction() as cur:
+            known = {r[0] for r in cur.execute("SELECT id FROM pairs")}
+            unknown = sorted(set(ranks) - known)
+            if unknown:
+                raise InputError(f"{len(unknown)} prioritised pair(s) are not in the store",
+                                 path=str(self.path), record=unknown[0])
+            cur.execute("DELETE FROM priorities")
+            cur.executemany("INSERT INTO priorities (pair_id, rank, value, selection, set_at) "
+                            "VALUES (?, ?, ?, ?, ?)", rows)
+        return len(rows)
+
+    def priorities(self) -> dict[str, int]:
+        """pair id -> rank (1 = label first) of the current selection; empty when there is none."""
+        return {pid: rank for pid, rank in self._read("SELECT pair_id, rank FROM priorities ORDER BY rank")}
 
     def counts(self) -> dict[str, int]:
         pairs = self._read("SELECT COUNT(*) FROM pairs")[0][0]
@@ -197,6 +231,18 @@ def _tighten(path: Path) -> None:
                 f.chmod(mode & _PRIVATE)
         except FileNotFoundError:
             continue
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring an older store up to SCHEMA_VERSION; each step is idempotent, so two processes opening
+    the same old file at once both succeed."""
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    if version >= SCHEMA_VERSION:
+        return
+    for target in sorted(_MIGRATIONS):
+        if target > version:
+            conn.executescript(_MIGRATIONS[target])
+    conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
 
 
 def _check_schema(conn: sqlite3.Connection, path: Path) -> None:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -35,6 +35,25 @@ class FeedbackStore(Protocol):
     def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
+
+
+@runtime_checkable
+class PrioritisedStore(Protocol):
+    """A store that keeps a label-first order (`clinalign annotate select`): both backends do.
+
+    `set_priorities` replaces the previous order (pair id -> rank, 1 = label first); pairs not in
+    it have no priority. The review app serves prioritised pairs first; Argilla shows the rank as
+    the `priority` metadata clinicians sort by."""
+
+    def set_priorities(self, ranks: Mapping[str, int], *, values: Mapping[str, float] | None = None,
+                       selection: str = "") -> int: ...
+
+    def priorities(self) -> dict[str, int]: ...
+
+
+def store_priorities(store: FeedbackStore) -> dict[str, int]:
+    """The store's label-first ranks, or {} for a backend without them."""
+    return store.priorities() if isinstance(store, PrioritisedStore) else {}
 
 
 def open_store(spec: str, *, create: bool = True) -> FeedbackStore:

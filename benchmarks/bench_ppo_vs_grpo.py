@@ -23,25 +23,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench_common import PROMPTS, reset_peak, status_mb
+
 REPO = Path(__file__).resolve().parents[1]
-PROMPTS = ["What is asthma and how is it treated?", "What are the symptoms of type 2 diabetes?",
-           "What causes gout?", "Is aspirin safe during pregnancy?", "What is a transient ischemic attack?",
-           "How do statins lower cholesterol?", "What are the side effects of metformin?",
-           "When should a fever in a child be checked by a doctor?"]
 
 
-def _rss_mb(field: str) -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def _reset_peak() -> None:
-    try:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-    except OSError:
-        pass
 
 
 # ------------------------------------------------------------------------------------------ workers
@@ -55,14 +41,14 @@ def worker_ppo(a, tmp: Path) -> dict:
                      response_length=a.length, learning_rate=1e-5, save_steps=0, logging_steps=1,
                      use_peft=not a.full, seed=0, temperature=0.7)
     trainer = PPOTrainer(args, prompts=PROMPTS * 4)
-    loaded = _rss_mb("VmRSS")
-    _reset_peak()
+    loaded = status_mb("VmRSS")
+    reset_peak()
     times = []
     for _ in range(a.updates + 1):
         t0 = time.perf_counter()
         trainer.train_step()
         times.append(time.perf_counter() - t0)
-    return {"loaded_mb": loaded, "train_peak_mb": _rss_mb("VmHWM"), "s_per_update": sum(times[1:]) / a.updates}
+    return {"loaded_mb": loaded, "train_peak_mb": status_mb("VmHWM"), "s_per_update": sum(times[1:]) / a.updates}
 
 
 def worker_grpo(a, tmp: Path) -> dict:
@@ -98,11 +84,11 @@ def worker_grpo(a, tmp: Path) -> dict:
     trainer = GRPOTrainer(model=load_causal_lm(a.policy), reward_funcs=scorer_reward_func(source), args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=load_tokenizer(a.policy),
                           peft_config=peft, callbacks=[Clock()])
-    loaded = _rss_mb("VmRSS")
-    _reset_peak()
+    loaded = status_mb("VmRSS")
+    reset_peak()
     trainer.train()
     steps = [b - a_ for a_, b in zip(stamps, stamps[1:], strict=False)]
-    return {"loaded_mb": loaded, "train_peak_mb": _rss_mb("VmHWM"), "s_per_update": sum(steps) / len(steps)}
+    return {"loaded_mb": loaded, "train_peak_mb": status_mb("VmHWM"), "s_per_update": sum(steps) / len(steps)}
 
 
 # ------------------------------------------------------------------------------------------ driver
@@ -138,7 +124,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp:
             fn = worker_ppo if a.worker == "ppo" else worker_grpo
             res = fn(a, Path(tmp))
-        res["peak_mb"] = _rss_mb("VmHWM")
+        res["peak_mb"] = status_mb("VmHWM")
         print("RESULT " + json.dumps(res), flush=True)
         return
 

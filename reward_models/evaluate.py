@@ -80,6 +80,11 @@ def evaluate_pairs(scorer, rows: list[dict], *, n_boot: int = 1000, seed: int = 
     cut += scorer.n_cut
     outcomes = M.pair_outcomes(rc, rr)
     p = M.p_chosen(rc, rr)
+    ensemble = {}
+    if hasattr(rc, "members"):  # an ensemble: its members, the spread, and whether the spread finds errors
+        from reward_models.ensemble import spread_metrics
+
+        ensemble = {"ensemble": spread_metrics(rc, rr)}
     return {
         **M.accuracy_with_ci(outcomes, n_boot=n_boot, seed=seed),
         "mean_p_chosen": float(p.mean()),
@@ -90,6 +95,7 @@ def evaluate_pairs(scorer, rows: list[dict], *, n_boot: int = 1000, seed: int = 
         "reward_stats": {"chosen_mean": float(np.mean(rc)), "rejected_mean": float(np.mean(rr)),
                          "std": float(np.std(rc + rr)), "mean_margin": float(np.mean(np.subtract(rc, rr)))},
         "n_responses_cut": cut,
+        **ensemble,
     }
 
 
@@ -102,24 +108,47 @@ def evaluate_rated(scorer, path: str, *, limit: int | None = None, n_boot: int =
                                  n_boot=n_boot, seed=seed)}
 
 
+def zero_shot_scorer(backbone: str, *, batch_size: int = 32):
+    """A scorer whose reward is the backbone's own cosine(question, answer): the bi-encoder at step 0."""
+    from transformers import AutoTokenizer
+
+    from reward_models.backbones import BIENCODER_SEPARATOR, load_biencoder, resolve_backbone
+    from reward_models.formatting import RewardFormat
+    from reward_models.scoring import RewardScorer
+
+    path = resolve_backbone(backbone)
+    tok = AutoTokenizer.from_pretrained(path)
+    seg = 256  # sentence-transformers' max_seq_length for all-MiniLM-L6-v2: the baseline as published
+    fmt = RewardFormat(separator=BIENCODER_SEPARATOR, eos_token=tok.eos_token or tok.sep_token, max_length=16 * seg)
+    model = load_biencoder(path, tok, segment_max_length=seg, dtype="float32")
+    return RewardScorer(backbone, model=model, tokenizer=tok, fmt=fmt, batch_size=batch_size)
+
+
 def evaluate_reward_model(model_dir: str, dataset: str, out_path: str | None = None, *, limit: int | None = None,
                           rated: str | None = None, rated_limit: int | None = None, report_dir: str | None = None,
                           batch_size: int = 32, allow_untrained: bool = False, n_boot: int = 1000,
-                          seed: int = 0) -> dict[str, Any]:
+                          seed: int = 0, zero_shot_cosine: bool = False) -> dict[str, Any]:
     """Held-out metrics of the reward model in `model_dir` on the preference pairs in `dataset`.
 
+    With `zero_shot_cosine`, `model_dir` names a sentence-encoder backbone (e.g. builtin:minilm-l6)
+    and the score is its untrained cosine(question, answer): the baseline a trained model must beat.
     Returns (and writes to `out_path` as JSON) at least {"accuracy", "n", "ci95"}; with `rated`
     also {"ratings": {"spearman", ...}}; with `report_dir` also report.md + reliability.png there.
     """
     from annotation.manifest import path_sha256
     from annotation.preferences import load_preference_rows
-    from reward_models.scoring import RewardScorer
+    from reward_models.scoring import load_scorer
 
     rows = load_preference_rows(dataset)
     if limit:
         rows = rows[:limit]
-    scorer = RewardScorer(model_dir, batch_size=batch_size, allow_untrained=allow_untrained)
+    if zero_shot_cosine:
+        scorer = zero_shot_scorer(model_dir, batch_size=batch_size)
+    else:
+        scorer = load_scorer(model_dir, batch_size=batch_size, allow_untrained=allow_untrained)
     result: dict[str, Any] = {"model": str(model_dir), "dataset": str(dataset),
+                              "scorer": "zero-shot cosine(question, answer) of the untrained backbone"
+                              if zero_shot_cosine else "reward model",
                               "dataset_sha256": path_sha256(dataset), "limit": limit,
                               "max_length": scorer.fmt.max_length}
     result.update(evaluate_pairs(scorer, rows, n_boot=n_boot, seed=seed))

@@ -12,23 +12,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from clinalign_base.stats import bootstrap_ci  # the one bootstrap (also imported from here)
+
 
 def pair_outcomes(chosen: Sequence[float], rejected: Sequence[float]) -> np.ndarray:
     """1 where the chosen answer scored higher, 0.5 on a tie, 0 otherwise."""
     c, r = np.asarray(chosen, dtype=float), np.asarray(rejected, dtype=float)
     return np.where(c > r, 1.0, np.where(c == r, 0.5, 0.0))
-
-
-def bootstrap_ci(values: Sequence[float], *, n_boot: int = 1000, alpha: float = 0.05, seed: int = 0,
-                 stat=np.mean) -> tuple[float, float]:
-    """Percentile bootstrap interval of `stat` over resampled items."""
-    x = np.asarray(values, dtype=float)
-    if len(x) == 0:
-        return (math.nan, math.nan)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(n_boot, len(x)))
-    stats = np.array([stat(x[i]) for i in idx])
-    return float(np.quantile(stats, alpha / 2)), float(np.quantile(stats, 1 - alpha / 2))
 
 
 def accuracy_with_ci(outcomes: Sequence[float], *, n_boot: int = 1000, seed: int = 0) -> dict:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import torch
 
@@ -144,3 +145,32 @@ class RewardScorer:
         self.n_cut = sum(e.response_cut for e in encoded)
         return score_ids(self.model, [e.input_ids for e in encoded], self.tokenizer.pad_token_id,
                          batch_size=self.batch_size, device=self.device, progress=progress, collect=collect)
+
+
+# -- one entry point for a model or an ensemble -----------------------------------------------------
+ENSEMBLE_MANIFEST = "ensemble.json"  # written by `clinalign reward train --members k`
+
+
+@runtime_checkable
+class Scorer(Protocol):
+    """What PPO, evaluation and `reward score` use: RewardScorer and EnsembleScorer both are one."""
+
+    fmt: RewardFormat
+    n_cut: int
+
+    def score(self, prompts: Sequence[str], responses: Sequence[str], *,
+              progress: Callable[[int], None] | None = None) -> list[float]: ...
+
+
+def is_ensemble(model_path: str | Path) -> bool:
+    return (Path(model_path) / ENSEMBLE_MANIFEST).is_file()
+
+
+def load_scorer(model_path: str, **kwargs) -> Scorer:
+    """RewardScorer for a model folder or backbone, EnsembleScorer for an ensemble folder (whose
+    `score` returns the members' mean reward, with their spread attached)."""
+    if is_ensemble(model_path):
+        from reward_models.ensemble import EnsembleScorer
+
+        return EnsembleScorer(model_path, **kwargs)
+    return RewardScorer(model_path, **kwargs)

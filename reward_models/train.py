@@ -25,8 +25,10 @@ from typing import Any
 from annotation.atomic import swap_into_place, temp_dir_beside
 from annotation.errors import ClinalignError, InputError
 from annotation.manifest import build_manifest, path_sha256, ref, write_manifest
-from reward_models.backbones import MINILM, resolve_backbone
+from reward_models.backbones import BIENCODER_SEPARATOR, MINILM, load_biencoder, resolve_backbone
 from reward_models.formatting import RewardFormat, encode, prepare_tokenizer
+
+HELDOUT_FILE = "heldout_pairs.jsonl"
 
 
 @dataclass
@@ -58,6 +60,31 @@ class RewardScriptArguments:
     harm_threshold: float = field(default=3.5, metadata={
         "help": "Predicted harm (1-5, higher = more harmful) at or above which the hard penalty applies."})
     harm_penalty: float = field(default=-5.0, metadata={"help": "Combined scalar for a harmful answer."})
+    pairs_recipe: str | None = field(default=None, metadata={
+        "help": "Build training pairs from data_dir: 'medical' (reward_models/medical_pairs.py: right answer vs "
+                "related, similar, random and truncated answers). Added to dataset_path's pairs when both are set."})
+    data_dir: str = field(default="data", metadata={"help": "Folder with medquad/, kqa/, pubmedqa/ (pairs_recipe)."})
+    dedupe_against: list[str] = field(default_factory=list, metadata={
+        "help": "Evaluation JSONL files (any built pair whose answer overlaps their answers is dropped), or "
+                "shipped exclusion lists (.json from `clinalign reward exclusions`: our overlapping answers)."})
+    pair_sources: list[str] = field(default_factory=lambda: ["medquad", "kqa", "pubmedqa"], metadata={
+        "help": "pairs_recipe medical: which of data_dir's sources to build pairs from."})
+    n_mined: int = field(default=0, metadata={
+        "help": "pairs_recipe medical, biencoder: hard negatives per question mined with the backbone itself "
+                "(the other answers nearest to the question by cosine)."})
+    n_similar: int = field(default=2, metadata={
+        "help": "pairs_recipe medical: hard negatives per question from the most similar other-topic questions."})
+    dedupe_threshold: float = field(default=0.3, metadata={
+        "help": "Share of an answer's 8-word shingles found in an evaluation answer that counts as overlap."})
+    reward_architecture: str = field(default="cross", metadata={
+        "help": "cross: [CLS] prompt+response → linear head (random init). biencoder: scale * cos(question, "
+                "answer) + bias over mean-pooled sentence embeddings, exactly the backbone's cosine at step 0."})
+    cosine_scale: float = field(default=20.0, metadata={"help": "biencoder: initial scale of the cosine."})
+    segment_max_length: int = field(default=256, metadata={
+        "help": "biencoder: tokens per side (question, answer), cut from the right as sentence-transformers does."})
+    early_stopping_patience: int | None = field(default=None, metadata={
+        "help": "Stop after this many evaluations without improvement of metric_for_best_model (needs a held-out "
+                "split and eval_strategy); the best checkpoint is the one saved."})
 
 
 def _override_args(overrides: dict[str, Any]) -> tuple[list[str], dict[str, Any]]:
@@ -120,11 +147,15 @@ def _split(rows: list[dict], script: RewardScriptArguments, seed: int) -> tuple[
         raise InputError(f"eval_fraction must be in [0, 1), got {script.eval_fraction}")
     if script.eval_fraction == 0.0:
         return rows, []
-    order = list(range(len(rows)))
-    random.Random(seed).shuffle(order)
-    n_eval = max(1, round(len(rows) * script.eval_fraction))
-    held = set(order[:n_eval])
-    return [r for i, r in enumerate(rows) if i not in held], [rows[i] for i in sorted(held)]
+    # By prompt (or topic group): no prompt's pairs on both sides, so validation measures new questions.
+    groups = sorted({_group(r) for r in rows})
+    random.Random(seed).shuffle(groups)
+    held = set(groups[:max(1, round(len(groups) * script.eval_fraction))])
+    return [r for r in rows if _group(r) not in held], [r for r in rows if _group(r) in held]
+
+
+def _group(row: dict) -> str:
+    return str(row.get("group") or row.get("prompt_id") or row["prompt"])
 
 
 def encode_pairs(rows: list[dict], tokenizer, fmt: RewardFormat, script: RewardScriptArguments,
@@ -218,7 +249,7 @@ def _rating_eval(model_dir: Path, rows: list[dict], spec) -> dict:
     return out
 
 
-def _load_backbone(model_args, train_args):
+def _load_backbone(model_args, train_args, script: RewardScriptArguments):
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -226,10 +257,211 @@ def _load_backbone(model_args, train_args):
     path = resolve_backbone(spec)
     dtype = getattr(torch, model_args.dtype) if model_args.dtype not in (None, "auto") else "auto"
     tok = AutoTokenizer.from_pretrained(path, trust_remote_code=train_args.trust_remote_code)
-    model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=dtype, trust_remote_code=train_args.trust_remote_code,
-        attn_implementation=model_args.attn_implementation)
+    if script.reward_architecture == "biencoder":
+        model = load_biencoder(path, tok, cosine_scale=script.cosine_scale,
+                               segment_max_length=script.segment_max_length, dtype=dtype)
+    elif script.reward_architecture == "cross":
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path, num_labels=1, dtype=dtype, trust_remote_code=train_args.trust_remote_code,
+            attn_implementation=model_args.attn_implementation)
+    else:
+        raise InputError(f"reward_architecture must be 'cross' or 'biencoder', got {script.reward_architecture!r}")
     return spec, path, tok, model
+
+
+def _load_rows(script: RewardScriptArguments, config_path: str, seed: int,
+               embed=None) -> tuple[list[dict], dict]:
+    """The training rows: dataset_path's pairs plus the built recipe's (pairs_recipe)."""
+    from annotation.preferences import load_preference_rows
+
+    if not script.dataset_path and not script.pairs_recipe:
+        raise InputError("neither dataset_path nor pairs_recipe is set", path=config_path)
+    rows = load_preference_rows(script.dataset_path) if script.dataset_path else []
+    built: dict = {}
+    if script.pairs_recipe == "medical":
+        from reward_models.medical_pairs import medical_pairs
+
+        extra, built = medical_pairs(script.data_dir, dedupe_against=script.dedupe_against, seed=seed,
+                                     threshold=script.dedupe_threshold, sources=script.pair_sources,
+                                     n_similar=script.n_similar, embed=embed, n_mined=script.n_mined)
+        rows = rows + extra
+    elif script.pairs_recipe:
+        raise InputError(f"unknown pairs_recipe {script.pairs_recipe!r} (known: medical)", path=config_path)
+    if script.max_train_pairs:
+        rows = rows[:script.max_train_pairs]
+    return rows, {f"pairs_{k}": v for k, v in built.items()}
+
+
+def _miner(script: RewardScriptArguments, model, tok, config_path: str):
+    """texts → embeddings with the untrained backbone, for mining hard negatives (n_mined)."""
+    if not script.n_mined:
+        return None
+    if script.reward_architecture != "biencoder":
+        raise InputError("n_mined needs reward_architecture: biencoder (negatives mined by its cosine)",
+                         path=config_path)
+    from reward_models.backbones import embed_texts
+
+    return lambda texts: embed_texts(model, tok, texts)
+
+
+def _reward_format(script: RewardScriptArguments, train_args, tok, config_path: str) -> RewardFormat:
+    if script.reward_architecture == "biencoder":
+        # Each side is cut inside the model (segment_max_length); the joint text only has to keep both.
+        max_length = train_args.max_length or 8 * script.segment_max_length
+        fmt = RewardFormat(separator=BIENCODER_SEPARATOR, eos_token=train_args.eos_token, max_length=max_length,
+                           min_prompt_tokens=min(script.min_prompt_tokens, max_length // 4))
+    else:
+        max_length = train_args.max_length or min(512, tok.model_max_length)
+        fmt = RewardFormat(separator=script.separator, eos_token=train_args.eos_token, max_length=max_length,
+                           min_prompt_tokens=script.min_prompt_tokens)
+    try:
+        prepare_tokenizer(tok, fmt)
+    except ValueError as exc:
+        raise InputError(str(exc), path=config_path) from None
+    train_args.eos_token, train_args.max_length = tok.eos_token, max_length
+    return dataclasses.replace(fmt, eos_token=tok.eos_token)
+
+
+def work_dir(out: Path) -> Path:
+    """Where a run's checkpoints live until the model is in place: one fixed name beside `out`.
+
+    Fixed, not random, so that every rank derives the same folder without talking to rank 0 and a
+    killed run's checkpoints are found again by `resume_from_checkpoint: true`.
+    """
+    return out.parent / f".{out.name}.partial"
+
+
+def find_checkpoint(resume: str | bool | None, out: Path) -> str | None:
+    """The checkpoint to resume from: a path as given, or for true the newest in the work folder
+    (a killed run) or in the finished model's checkpoints/ folder."""
+    if resume in (None, False, "", "false", "False"):
+        return None
+    if resume not in (True, "true", "True"):
+        if not Path(str(resume)).is_dir():
+            raise InputError("resume_from_checkpoint is not a checkpoint folder", path=str(resume))
+        return str(resume)
+    for folder in (work_dir(out), out / "checkpoints"):
+        if last := _last_complete_checkpoint(folder):
+            return last
+    raise InputError(f"resume_from_checkpoint: true, but no checkpoint-* under {work_dir(out)} or "
+                     f"{out / 'checkpoints'}", path=str(out))
+
+
+def _last_complete_checkpoint(folder: Path) -> str | None:
+    """The highest-step checkpoint-N whose trainer_state.json exists: the Trainer writes that file last,
+    so a run killed while saving leaves a checkpoint without it, which must not be resumed from."""
+    done = [p for p in folder.glob("checkpoint-*") if p.name.rsplit("-", 1)[-1].isdigit()
+            and (p / "trainer_state.json").is_file()] if folder.is_dir() else []
+    return str(max(done, key=_step_of)) if done else None
+
+
+def _encode_eval(rows: list[dict], tok, fmt: RewardFormat, script: RewardScriptArguments):
+    from datasets import Dataset
+
+    cols, _ = encode_pairs(rows, tok, fmt, script)
+    return Dataset.from_dict(cols) if cols["chosen_ids"] else None
+
+
+def _make_trainer(script, train_args, model, tok, cols: dict, eval_ds, peft_config, mo_spec):
+    from datasets import Dataset
+    from transformers import EarlyStoppingCallback
+    from trl import RewardTrainer
+
+    kwargs = dict(model=model, args=train_args, train_dataset=Dataset.from_dict(cols), processing_class=tok,
+                  peft_config=peft_config, eval_dataset=eval_ds)
+    if script.early_stopping_patience:
+        if eval_ds is None or train_args.eval_strategy == "no":
+            raise InputError("early_stopping_patience needs held-out pairs (eval_fraction or eval_dataset_path) "
+                             "and eval_strategy: steps or epoch")
+        train_args.load_best_model_at_end = True
+        kwargs["callbacks"] = [EarlyStoppingCallback(early_stopping_patience=script.early_stopping_patience)]
+    if mo_spec is None:
+        return RewardTrainer(**kwargs)
+    from reward_models.multi_objective import MultiObjectiveCollator, MultiObjectiveRewardTrainer, RatingHead
+
+    head = RatingHead(mo_spec.hidden_size, len(mo_spec.attributes))
+    return MultiObjectiveRewardTrainer(**kwargs, rating_head=head, rating_loss_weight=script.rating_loss_weight,
+                                       data_collator=MultiObjectiveCollator(pad_token_id=tok.pad_token_id))
+
+
+def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
+    """Train a reward model as configured in `path` (+ CLI-style overrides); return its folder.
+
+    Checkpoints (save_strategy) go to a fixed work folder beside the output; the finished model is
+    assembled in a temporary sibling, the checkpoints move into its `checkpoints/`, and it is
+    renamed into place. On several ranks every rank trains, rank 0 alone writes, the others wait.
+    """
+    import torch
+    from trl import get_peft_config
+
+    script, train_args, model_args = parse_config(path, overrides)
+    if script.num_threads:
+        torch.set_num_threads(script.num_threads)
+    if not torch.cuda.is_available() and train_args.activation_checkpointing:
+        # 3-4x slower on CPU and saves nothing we need (transformers 5 mirrors the old name)
+        train_args.activation_checkpointing = train_args.gradient_checkpointing = False
+    if not torch.cuda.is_available():
+        train_args.dataloader_pin_memory = False  # nothing to pin for; avoids a warning per epoch
+    out = Path(train_args.output_dir)
+    if out.exists() and not script.overwrite:
+        raise ClinalignError(f"output_dir '{out}' exists (set overwrite: true to replace it)")
+    resume = find_checkpoint(train_args.resume_from_checkpoint, out)
+
+    from transformers import set_seed
+
+    set_seed(train_args.seed)  # the fresh head's init too, so a run (and a resumed one) is reproducible
+    spec, backbone_path, tok, model = _load_backbone(model_args, train_args, script)
+    rows, built = _load_rows(script, path, train_args.seed, embed=_miner(script, model, tok, path))
+    train_rows, eval_rows = _split(rows, script, train_args.seed)
+    fmt = _reward_format(script, train_args, tok, path)
+    mo_spec, ratings = None, None
+    if script.multi_objective:
+        mo_spec, ratings = _multi_objective_setup(script, train_rows, model, path)
+    cols, stats = encode_pairs(train_rows, tok, fmt, script, ratings)
+    if stats["n_used"] < 1:
+        raise InputError(f"no training pairs left after cutting to max_length={fmt.max_length} "
+                         f"({stats['n_dropped_too_long']} dropped as too long)", path=script.dataset_path or path)
+    eval_ds = _encode_eval(eval_rows, tok, fmt, script) if eval_rows and train_args.eval_strategy != "no" else None
+
+    peft_config = None
+    if model_args.use_peft:
+        if model_args.lora_task_type == "CAUSAL_LM":
+            model_args.lora_task_type = "SEQ_CLS"  # a reward model is a sequence classifier
+        peft_config = get_peft_config(model_args)
+
+    work = work_dir(out)
+    if resume is None and int(os.environ.get("RANK", "0")) == 0:
+        shutil.rmtree(work, ignore_errors=True)  # a fresh run: an earlier run's checkpoints are not ours
+    train_args.output_dir = str(work)
+    trainer = _make_trainer(script, train_args, model, tok, cols, eval_ds, peft_config, mo_spec)
+    started = time.perf_counter()
+    try:
+        result = trainer.train(resume_from_checkpoint=resume)
+    except BaseException:
+        if trainer.accelerator.is_main_process and not any(work.glob("checkpoint-*")):
+            shutil.rmtree(work, ignore_errors=True)  # nothing to resume from: leave no trace
+        raise
+    elapsed = time.perf_counter() - started
+    final = trainer.model
+    if model_args.use_peft and script.merge_lora:
+        final = final.merge_and_unload()
+    metrics: dict[str, Any] = {
+        **stats, **built, "train_loss": result.training_loss, "global_step": result.global_step,
+        "train_seconds": round(elapsed, 2), "resumed_from": resume,
+        "seconds_per_step": round(elapsed / max(result.global_step - _step_of(resume), 1), 4)}
+    metrics.update(_train_log_metrics(trainer))
+    for holder in {id(trainer.model): trainer.model, id(final): final}.values():
+        if "rating_head" in getattr(holder, "_modules", {}):
+            del holder.rating_head  # saved on its own, beside the HF model
+    if eval_rows:
+        held = pairwise_accuracy(final, tok, fmt, eval_rows)
+        metrics.update({"eval_accuracy": held["accuracy"], "eval_n": held["n"],
+                        "eval_mean_margin": held["mean_margin"]})
+    if trainer.accelerator.is_main_process:
+        _finish(trainer, final, tok, fmt, out, work, metrics, mo_spec, ratings, eval_rows,
+                (path, script, train_args, model_args, spec, backbone_path))
+    trainer.accelerator.wait_for_everyone()  # the others return once rank 0 has put the model in place
+    return out
 
 
 def _place(tmp: Path, out: Path, overwrite: bool) -> None:
@@ -239,94 +471,27 @@ def _place(tmp: Path, out: Path, overwrite: bool) -> None:
     swap_into_place(tmp, out)
 
 
-def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
-    """Train a reward model as configured in `path` (+ CLI-style overrides); return its folder."""
-    import torch
-    from datasets import Dataset
-    from trl import RewardTrainer, get_peft_config
+def _step_of(checkpoint: str | Path | None) -> int:
+    return int(Path(checkpoint).name.rsplit("-", 1)[-1]) if checkpoint else 0
 
-    from annotation.preferences import load_preference_rows
 
-    script, train_args, model_args = parse_config(path, overrides)
-    if not script.dataset_path:
-        raise InputError("dataset_path is not set", path=path)
-    if script.num_threads:
-        torch.set_num_threads(script.num_threads)
-    if not torch.cuda.is_available() and train_args.activation_checkpointing:
-        # 3-4x slower on CPU and saves nothing we need (transformers 5 mirrors the old name)
-        train_args.activation_checkpointing = train_args.gradient_checkpointing = False
-    if not torch.cuda.is_available():
-        train_args.dataloader_pin_memory = False  # nothing to pin for; avoids a warning per epoch
+def _train_log_metrics(trainer) -> dict:
+    out: dict[str, Any] = {}
+    for key in ("accuracy", "margin", "rating_mse"):  # TRL's running train metrics, last logged value
+        logged = [h[key] for h in trainer.state.log_history if key in h]
+        if logged:
+            out[f"train_{key}_last_log"] = logged[-1]
+    if trainer.state.best_model_checkpoint:
+        out["best_checkpoint"] = Path(trainer.state.best_model_checkpoint).name
+        out["best_metric"] = trainer.state.best_metric
+    return out
 
-    rows = load_preference_rows(script.dataset_path)
-    if script.max_train_pairs:
-        rows = rows[:script.max_train_pairs]
-    train_rows, eval_rows = _split(rows, script, train_args.seed)
 
-    spec, backbone_path, tok, model = _load_backbone(model_args, train_args)
-    max_length = train_args.max_length or min(512, tok.model_max_length)
-    fmt = RewardFormat(separator=script.separator, eos_token=train_args.eos_token, max_length=max_length,
-                       min_prompt_tokens=script.min_prompt_tokens)
-    try:
-        prepare_tokenizer(tok, fmt)
-    except ValueError as exc:
-        raise InputError(str(exc), path=path) from None
-    fmt = dataclasses.replace(fmt, eos_token=tok.eos_token)
-    train_args.eos_token, train_args.max_length = tok.eos_token, max_length
-    mo_spec, ratings = None, None
-    if script.multi_objective:
-        mo_spec, ratings = _multi_objective_setup(script, train_rows, model, path)
-    cols, stats = encode_pairs(train_rows, tok, fmt, script, ratings)
-    if stats["n_used"] < 1:
-        raise InputError(f"no training pairs left after cutting to max_length={max_length} "
-                         f"({stats['n_dropped_too_long']} dropped as too long)", path=script.dataset_path)
-
-    peft_config = None
-    if model_args.use_peft:
-        if model_args.lora_task_type == "CAUSAL_LM":
-            model_args.lora_task_type = "SEQ_CLS"  # a reward model is a sequence classifier
-        peft_config = get_peft_config(model_args)
-
-    out = Path(train_args.output_dir)
+def _finish(trainer, final, tok, fmt: RewardFormat, out: Path, work: Path, metrics: dict, mo_spec, ratings,
+            eval_rows: list[dict], manifest_args: tuple) -> None:
+    """Rank 0: model, tokenizer, format, checkpoints and manifest into a temp sibling, then swapped in."""
     tmp = temp_dir_beside(out)
     try:
-        train_args.output_dir = str(tmp)
-        kwargs = dict(model=model, args=train_args, train_dataset=Dataset.from_dict(cols), processing_class=tok,
-                      peft_config=peft_config)
-        if mo_spec is None:
-            trainer = RewardTrainer(**kwargs)
-        else:
-            from reward_models.multi_objective import (
-                MultiObjectiveCollator,
-                MultiObjectiveRewardTrainer,
-                RatingHead,
-            )
-
-            head = RatingHead(mo_spec.hidden_size, len(mo_spec.attributes))
-            trainer = MultiObjectiveRewardTrainer(
-                **kwargs, rating_head=head, rating_loss_weight=script.rating_loss_weight,
-                data_collator=MultiObjectiveCollator(pad_token_id=tok.pad_token_id))
-        started = time.perf_counter()
-        result = trainer.train()
-        elapsed = time.perf_counter() - started
-        final = trainer.model
-        if model_args.use_peft and script.merge_lora:
-            final = final.merge_and_unload()
-        metrics: dict[str, Any] = {
-            **stats, "train_loss": result.training_loss, "global_step": result.global_step,
-            "train_seconds": round(elapsed, 2),
-            "seconds_per_step": round(elapsed / max(result.global_step, 1), 4)}
-        for key in ("accuracy", "margin", "rating_mse"):  # TRL's running train metrics, last logged value
-            logged = [h[key] for h in trainer.state.log_history if key in h]
-            if logged:
-                metrics[f"train_{key}_last_log"] = logged[-1]
-        for holder in {id(trainer.model): trainer.model, id(final): final}.values():
-            if "rating_head" in getattr(holder, "_modules", {}):
-                del holder.rating_head  # saved on its own, beside the HF model
-        if eval_rows:
-            held = pairwise_accuracy(final, tok, fmt, eval_rows)
-            metrics.update({"eval_accuracy": held["accuracy"], "eval_n": held["n"],
-                            "eval_mean_margin": held["mean_margin"]})
         final.config.pad_token_id = tok.pad_token_id
         final.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -338,16 +503,29 @@ def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
             metrics["n_rated_pairs"] = _count_rated(ratings)
             if eval_rows:
                 metrics.update(_rating_eval(tmp, eval_rows, mo_spec))
-        _write_manifest(tmp, out, path, script, train_args, model_args, spec, backbone_path, metrics)
-        _place(tmp, out, script.overwrite)
+        if eval_rows:  # the validation pairs by prompt, so `reward eval --data` can score the same split
+            with open(tmp / HELDOUT_FILE, "w", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_rows)
+        _write_manifest(tmp, out, *manifest_args, metrics)
+        if any(work.glob("checkpoint-*")):  # kept, so a finished run can be continued (resume: true)
+            os.replace(work, tmp / "checkpoints")
+        _place(tmp, out, manifest_args[1].overwrite)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    shutil.rmtree(work, ignore_errors=True)
 
 
 def _write_manifest(tmp: Path, out: Path, config_path: str, script, train_args, model_args, spec: str,
                     backbone_path: str, metrics: dict) -> None:
-    inputs = [ref("config", config_path), ref("train_data", script.dataset_path)]
+    inputs = [ref("config", config_path)]
+    if script.dataset_path:
+        inputs.append(ref("train_data", script.dataset_path))
+    if script.pairs_recipe:  # the files the pairs were built from, and those read only to dedupe against
+        from reward_models.medical_pairs import source_files
+
+        inputs += [ref(f"train_data:{name}", p) for name, p in source_files(script.data_dir).items()
+                   if name in script.pair_sources]
+        inputs += [ref("dedupe_against", p) for p in script.dedupe_against]
     if script.eval_dataset_path:
         inputs.append(ref("eval_data", script.eval_dataset_path))
     if not spec.startswith("builtin:") or spec == MINILM:

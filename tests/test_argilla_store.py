@@ -22,8 +22,8 @@ import pytest
 from annotation.argilla_settings import PREFERENCE_LABELS, SAFETY_REASONS, question_names
 from annotation.argilla_store import ArgillaStore
 from annotation.argilla_users import apply_users, load_users_file
-from annotation.errors import ClinalignError, InputError
 from annotation.records import CandidatePair, Feedback
+from clinalign_base.errors import ClinalignError, InputError
 from tests import argilla_fixtures
 from tests.argilla_fixtures import UP, ArgillaStack
 

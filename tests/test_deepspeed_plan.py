@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from align import deepspeed_plan as dp
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 REPO = Path(__file__).resolve().parents[1]
 GB = 2**30

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from align.dpo import train_from_yaml
-from annotation.manifest import read_manifest
+from clinalign_base.manifest import read_manifest
 
 COMMON = {"model_name_or_path": "builtin:tiny-llama", "per_device_train_batch_size": 2, "max_length": 64,
           "report_to": "none", "logging_steps": 1, "lr_scheduler_type": "constant", "warmup_steps": 0,
@@ -51,3 +51,21 @@ def test_dpo_trains_records_lineage_and_resumes(repo_root, pairs_file, tmp_path)
     got = losses(resumed)
     for step in (3, 4):
         assert got[step] == pytest.approx(ref_losses[step], rel=1e-4), step
+
+
+def test_lora_top_layers_adapts_only_the_top_share_of_decoder_layers():
+    from types import SimpleNamespace
+
+    from peft import LoraConfig
+
+    from align.dpo import top_layers_only
+    from clinalign_base.errors import InputError
+
+    model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=30))
+    cfg = top_layers_only(LoraConfig(r=4, target_modules=["q_proj"]), model, 0.5)
+    assert cfg.layers_to_transform == list(range(15, 30))
+    assert top_layers_only(LoraConfig(r=4, target_modules=["q_proj"]), model, 0.01).layers_to_transform == [29]
+    assert top_layers_only(LoraConfig(r=4), model, None).layers_to_transform is None  # default: every layer
+    assert top_layers_only(None, model, 0.5) is None  # no LoRA: nothing to restrict
+    with pytest.raises(InputError, match="lora_top_layers"):
+        top_layers_only(LoraConfig(r=4), model, 1.5)

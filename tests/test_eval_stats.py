@@ -12,7 +12,6 @@ from scipy import stats as sps
 from align.evaluation.stats import (
     DEFAULT_TIE_EPS,
     WinRate,
-    bootstrap_mean_ci,
     distinct_n,
     length_report,
     mcnemar_exact,
@@ -20,6 +19,7 @@ from align.evaluation.stats import (
     outcome,
     win_rate_stats,
 )
+from clinalign_base.stats import bootstrap_ci
 
 # ---------------------------------------------------------------- outcome
 
@@ -161,14 +161,28 @@ def test_win_rate_errors_name_the_problem():
         win_rate_stats([[1, 0.7]])
 
 
-# ---------------------------------------------------------------- bootstrap_mean_ci
+# ---------------------------------------------------------------- bootstrap_ci (clinalign_base.stats)
 
 
-def test_bootstrap_mean_ci():
-    lo, hi = bootstrap_mean_ci([0.2, 0.4, 0.1, 0.3, 0.5, 0.0, 0.6], n_boot=2000)
+def test_bootstrap_ci():
+    lo, hi = bootstrap_ci([0.2, 0.4, 0.1, 0.3, 0.5, 0.0, 0.6], n_boot=2000)
     assert 0.0 <= lo < 0.3 < hi <= 0.6
-    assert bootstrap_mean_ci([2.0] * 5) == (2.0, 2.0)
-    assert all(math.isnan(x) for x in bootstrap_mean_ci([]))
+    assert bootstrap_ci([2.0] * 5) == (2.0, 2.0)
+    assert all(math.isnan(x) for x in bootstrap_ci([]))
+    with pytest.raises(ValueError, match="n_boot"):
+        bootstrap_ci([1.0], n_boot=0)
+
+
+def test_bootstrap_ci_same_draws_in_chunks_and_any_statistic(monkeypatch):
+    import clinalign_base.stats as S
+
+    values = np.random.default_rng(0).normal(size=50)
+    whole = bootstrap_ci(values, n_boot=300, seed=4)
+    assert bootstrap_ci(values, n_boot=300, seed=4, stat=np.mean) == pytest.approx(whole, abs=1e-12)
+    monkeypatch.setattr(S, "CHUNK_CELLS", 50 * 7)  # 7 rows per chunk
+    assert bootstrap_ci(values, n_boot=300, seed=4) == whole
+    lo, hi = bootstrap_ci(values, n_boot=300, seed=4, stat=np.median)
+    assert lo < float(np.median(values)) < hi
 
 
 # ---------------------------------------------------------------- mcnemar_exact

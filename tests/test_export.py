@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from annotation.errors import InputError
 from annotation.export import build_preference_rows, majority
 from annotation.preferences import load_preference_rows, save_preference_dataset
 from annotation.records import Feedback
+from clinalign_base.errors import InputError
 from tests.conftest import make_pair
 
 

@@ -2,9 +2,9 @@ import json
 
 import pytest
 
-from annotation.errors import InputError
 from annotation.feedback_io import import_feedback, parse_pairs_file
 from annotation.sqlite_store import SQLiteStore
+from clinalign_base.errors import InputError
 from tests.conftest import make_pair
 
 

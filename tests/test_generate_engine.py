@@ -14,7 +14,7 @@ import torch
 from align.engines import parse_backend, resolve_backend
 from align.generate import Generator, SamplingSetting
 from align.models import SMOLLM2, TINY_LLAMA, chat_prompt, load_causal_lm, load_tokenizer
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
 
 HAVE_LLAMACPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="llama-cpp-python is not installed "

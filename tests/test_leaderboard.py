@@ -106,7 +106,7 @@ def test_feedback_from_the_store_is_unswapped_and_filtered(tmp_path):
 
 def test_leaderboard_command_writes_table_json_png(tmp_path):
     from align.cli import main
-    from annotation.manifest import read_manifest
+    from clinalign_base.manifest import read_manifest
 
     store = SQLiteStore(tmp_path / "s.sqlite")
     comps = simulate(300, ["dr_x", "dr_y", "dr_z"], seed=11)

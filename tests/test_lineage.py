@@ -7,8 +7,8 @@ import json
 import pytest
 
 from align.lineage import ALTERED, CHANGED, MISSING, OK, check, problems, trace
-from annotation.errors import ClinalignError
-from annotation.manifest import build_manifest, ref, write_manifest
+from clinalign_base.errors import ClinalignError
+from clinalign_base.manifest import build_manifest, ref, write_manifest
 
 
 def build_chain(root):
@@ -110,7 +110,9 @@ def test_cli_lineage_exit_codes(tmp_path, capsys):
 
     ann, prefs, rm, policy = build_chain(tmp_path)
     assert main(["lineage", str(policy)]) == 0
-    assert "clin-07" in capsys.readouterr().out  # annotation counts per clinician id are shown
+    out = capsys.readouterr().out
+    assert "clin-07" in out  # annotation counts per clinician id are shown
+    assert "✓" in out and "[/]" not in out and "[green]" not in out  # styled, not raw markup
     (prefs / "preferences.jsonl").write_text("tampered\n")
     assert main(["lineage", str(policy)]) == 2
     err = "".join(capsys.readouterr().err.split())  # rich wraps long lines, even inside a path

@@ -21,7 +21,7 @@ from align.medical_eval import (
     result_cache_key,
 )
 from align.models import TINY_LLAMA, load_causal_lm, load_tokenizer, resolve_model
-from annotation.errors import InputError
+from clinalign_base.errors import InputError
 
 
 @pytest.fixture(scope="module")

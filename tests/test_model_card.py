@@ -7,8 +7,8 @@ import json
 import pytest
 
 from align.model_card import ME_LLAMA_NOTE, render_card
-from annotation.errors import InputError
-from annotation.manifest import build_manifest, ref, write_manifest
+from clinalign_base.errors import InputError
+from clinalign_base.manifest import build_manifest, ref, write_manifest
 
 
 def make_round(root, *, policy="builtin:smollm2-135m-instruct", annotators=None, pubmedqa=(0.52, 0.50)):

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from align.models import MINILM, SMOLLM2, TINY_LLAMA, chat_prompt, load_tokenizer, resolve_model
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 
 def test_builtins_resolve_to_local_folders():

@@ -10,7 +10,7 @@ import pytest
 import torch
 import yaml
 
-from annotation.errors import InputError
+from clinalign_base.errors import InputError
 from reward_models.multi_objective import MultiObjectiveSpec, combine, parse_ratings
 
 torch.set_num_threads(1)

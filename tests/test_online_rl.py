@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
 
 TINY = "builtin:tiny-llama"
 QUESTIONS = ["What is asthma?", "How is type 2 diabetes treated?", "What causes gout?", "Is aspirin safe?",
@@ -59,7 +59,7 @@ def test_trl_online_rl_trains_with_the_reward_model(tmp_path, rm_dir, algorithm,
     from safetensors.torch import load_file
 
     from align.online_rl import train_from_yaml
-    from annotation.manifest import read_manifest
+    from clinalign_base.manifest import read_manifest
 
     cfg = write_config(tmp_path, algorithm, rm_dir, reward_via=reward_via)
     out = train_from_yaml(algorithm, str(cfg))

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from annotation.errors import InputError
 from annotation.phi import PhiGate, redact_text, scan_text
+from clinalign_base.errors import InputError
 
 # (text, the identifier in it, the type we expect)
 PROBES = [

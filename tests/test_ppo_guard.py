@@ -24,7 +24,7 @@ from align.ppo.guard import (
     distinct_n,
 )
 from align.ppo.ppo_config import PPOConfig
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 TINY = "builtin:tiny-llama"
 PROMPTS = ["What is asthma?", "How is type 2 diabetes treated?", "What causes gout?",
@@ -192,7 +192,7 @@ def eos_like_an_instruct_model(trainer, bias: float = 9.0, scale: float = 3.0) -
 def test_guard_stops_a_length_exploit_in_a_real_ppo_run(tmp_path):
     from align.model_card import _section_guard
     from align.ppo.ppo_trainer import PPOTrainer
-    from annotation.manifest import read_manifest
+    from clinalign_base.manifest import read_manifest
 
     # Thresholds sampling noise cannot reach on 16 responses: twice as long, EOS rate down by half.
     args = tiny_args(tmp_path, guard_action="stop", guard_max_length_drift=1.0, guard_max_eos_drop=0.5)
@@ -224,7 +224,7 @@ def test_guard_stops_a_length_exploit_in_a_real_ppo_run(tmp_path):
 
 def test_held_out_judge_flags_divergence_and_flag_mode_continues(tmp_path):
     from align.ppo.ppo_trainer import PPOTrainer
-    from annotation.manifest import read_manifest
+    from clinalign_base.manifest import read_manifest
 
     held_out = tmp_path / "held_out.jsonl"
     held_out.write_text("".join(json.dumps({"id": f"h{i}", "question": q}) + "\n" for i, q in enumerate(HELD_OUT)))
@@ -311,7 +311,7 @@ def test_critic_starts_at_the_first_batch_return_not_at_zero(tmp_path):
 
 def test_model_card_lists_guard_flags_only_when_recorded(tmp_path):
     from align.model_card import render_card
-    from annotation.manifest import read_manifest, write_manifest
+    from clinalign_base.manifest import read_manifest, write_manifest
     from tests.test_model_card import make_round
 
     run = make_round(tmp_path)

@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from align.ppo.ppo_config import PPOConfig
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = "builtin:tiny-llama"
@@ -240,7 +240,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 # ------------------------------------------------------------------------------------------ YAML end to end
 def test_train_from_yaml_with_the_reward_model_writes_everything(tmp_path, repo_root):
     from align.ppo import train_from_yaml
-    from annotation.manifest import read_manifest
+    from clinalign_base.manifest import read_manifest
 
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": f"q{i}", "question": q}) + "\n" for i, q in enumerate(PROMPTS)))

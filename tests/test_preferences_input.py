@@ -1,7 +1,7 @@
 import pytest
 
-from annotation.errors import InputError
 from annotation.preferences import load_preference_rows
+from clinalign_base.errors import InputError
 
 
 def write(tmp_path, text, binary=False):

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from align.promote import decide, read_eval
-from annotation.errors import ClinalignError, InputError
-from annotation.manifest import build_manifest
+from clinalign_base.errors import ClinalignError, InputError
+from clinalign_base.manifest import build_manifest
 
 
 def eval_file(path, *, accuracy=None, win_rate=None, n=500, items="abc"):
@@ -127,7 +127,7 @@ def test_promotion_record_never_lands_inside_an_artefact_folder(tmp_path):
     ev = tmp_path / "runs" / "r1" / "evaluation"
     ev.mkdir(parents=True)
     (ev / "evaluation.json").write_text("{}\n")
-    from annotation.manifest import path_sha256
+    from clinalign_base.manifest import path_sha256
 
     before = path_sha256(ev)
     (ev / "clinalign_manifest.json").write_text(json.dumps(build_manifest("evaluation", "evaluation", metrics={

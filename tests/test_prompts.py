@@ -1,7 +1,7 @@
 import pytest
 
 from align.prompts import load_prompts
-from annotation.errors import InputError
+from clinalign_base.errors import InputError
 
 
 def test_shipped_prompt_sets_load_with_references(repo_root):

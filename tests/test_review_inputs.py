@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from annotation.errors import InputError
 from annotation.review.queue import ReviewError, ReviewQueue
 from annotation.sqlite_store import SQLiteStore
+from clinalign_base.errors import InputError
 from tests.review_support import PASSWORD, make_pairs, running_app
 
 ROOT = Path(__file__).resolve().parent.parent

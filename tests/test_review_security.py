@@ -12,9 +12,9 @@ import socket
 import httpx
 import pytest
 
-from annotation.errors import InputError
 from annotation.review.accounts import MAX_FAILURES, UserBook, add_user, hash_password, verify_password
 from annotation.review.security import is_open
+from clinalign_base.errors import InputError
 from tests.review_support import MODELS, PASSWORD, running_app
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from annotation.errors import InputError
+from clinalign_base.errors import InputError
 from reward_models import metrics as M
 
 torch.set_num_threads(1)

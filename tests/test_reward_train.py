@@ -9,7 +9,7 @@ import pytest
 import torch
 import yaml
 
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
 from reward_models.formatting import RewardFormat, encode, prepare_tokenizer
 from reward_models.train import train_from_yaml
 

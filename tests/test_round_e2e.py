@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from annotation.manifest import path_sha256
+from clinalign_base.manifest import path_sha256
 from tests.conftest import REPO
 
 CLI = str(Path(sys.executable).with_name("clinalign"))
@@ -17,8 +17,18 @@ CLI = str(Path(sys.executable).with_name("clinalign"))
 @pytest.mark.slow
 def test_tiny_round_leaves_a_real_manifest(tmp_path):
     out = tmp_path / "round"
+    rated = tmp_path / "graded.jsonl"  # experts' grades: the round reports the RM's agreement with them
+    rated.write_text("".join(json.dumps({"question": q, "answer": a, "grade": g, "question_id": q[:8]}) + "\n"
+                             for q, a, g in [
+        ("What causes gout?", "Gout is caused by uric acid crystals in a joint.", 4),
+        ("What causes gout?", "Asthma narrows the airways.", 1),
+        ("What causes gout?", "It is a joint problem.", 2),
+        ("How is asthma treated?", "Inhaled corticosteroids and a reliever inhaler treat asthma.", 4),
+        ("How is asthma treated?", "Gout is caused by uric acid.", 1),
+        ("How is asthma treated?", "With medicines.", 3)]))
     env = os.environ | {"OMP_NUM_THREADS": "2", "COLUMNS": "220"}
-    res = subprocess.run([CLI, "demo", "--config", "configs/demo/round_tiny.yaml", "--output-dir", str(out)],
+    res = subprocess.run([CLI, "demo", "--config", "configs/demo/round_tiny.yaml", "--output-dir", str(out),
+                          "--reward_rated", str(rated)],  # any round key: a trailing --key value
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=1500)
     assert res.returncode == 0, res.stderr[-4000:]
     assert "SIMULATED" in res.stdout  # the summary says whose feedback this was
@@ -42,6 +52,8 @@ def test_tiny_round_leaves_a_real_manifest(tmp_path):
     cands = stages["3 on-policy candidates"]
     assert cands["train"]["pairs"] > 0 and "withheld_by_phi_gate" in cands["train"]
     assert stages["5 export preference datasets"]["rows"] > 0
+    rm = stages["6 reward model (proxy)"]
+    assert rm["rated_n"] == 6 and -1.0 <= rm["rated_spearman"] <= 1.0 and inputs["rated:reward_eval"]
     ev = stages["8 evaluation on held-out prompts"]
     assert 0.0 <= ev["win_rate"] <= 1.0 and ev["n_prompts"] == 4 and ev["train_prompt_overlap"] == 0
     assert 0.0 <= ev["pubmedqa_accuracy_after"] <= 1.0

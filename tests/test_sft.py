@@ -6,8 +6,8 @@ import pytest
 
 from align.prompts import Prompt
 from align.sft import build_sft_rows, first_sentences, load_sft_rows
-from annotation.errors import InputError
 from annotation.records import CandidatePair, Feedback
+from clinalign_base.errors import InputError
 
 
 def test_targets_end_at_a_sentence_boundary():

@@ -16,8 +16,8 @@ from rich.table import Table
 from rich.text import Text
 
 from align.cli_groups import annotate_app, app
-from annotation.atomic import write_json_atomic
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.atomic import write_json_atomic
+from clinalign_base.errors import ClinalignError, InputError
 
 argilla_app = typer.Typer(help="The local Argilla server stack (Redis + search engine + Argilla 2.8).",
                           no_args_is_help=True)

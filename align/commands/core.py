@@ -12,7 +12,7 @@ from rich.table import Table
 from align.cli_groups import annotate_app, app
 from align.engines import BACKEND_HELP
 from align.progress import console, progress_bar
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 Store = Annotated[str, typer.Option("--store", help="Embedded store (SQLite path) or argilla:<dataset>.")]
 
@@ -45,8 +45,8 @@ def generate_cmd(
     from align.generate import SamplingSetting, make_pairs
     from align.prompts import load_prompts
     from align.stages import gate_pairs
-    from annotation.jsonl import write_jsonl_atomic
     from annotation.store import open_store
+    from clinalign_base.jsonl import write_jsonl_atomic
 
     items = load_prompts(prompts, limit=limit, offset=offset)  # validated before any model loads
     parse_backend(generation_backend)
@@ -196,8 +196,10 @@ def winrate_cmd(
     base = SamplingSetting(model, 0.0, max_new_tokens=max_new_tokens, adapter=baseline_adapter)
     with progress_bar("answering", total=2 * len(items)) as advance:
         result = win_rate(cand, base, items, RewardScorer(reward_model), progress=advance)
-    if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(json.dumps(result, indent=2) + "\n")
+    if out:  # the one evaluation record (align/evaluation/record.py): `eval --winrate` and `promote` read it
+        from align.evaluation.record import EvaluationRecord
+        from clinalign_base.atomic import write_json_atomic
+
+        write_json_atomic(out, EvaluationRecord.from_blocks(result, model=cand.label).to_dict())
     console.print(f"win-rate {result['win_rate']:.3f} (95% CI {result['win_rate_ci95'][0]:.3f}-"
                   f"{result['win_rate_ci95'][1]:.3f}) over {result['n_prompts']} prompts")

@@ -7,12 +7,13 @@ from typing import Annotated
 import typer
 
 from align.cli_groups import app
+from align.stage_registry import names
 
 
 @app.command("plan")
 def plan_cmd(
     model: Annotated[str, typer.Option(help="me-llama-13b, me-llama-70b, or a folder with a LLaMA config.json.")],
-    stage: Annotated[str, typer.Option(help="reward | dpo | ppo | grpo | rloo")] = "dpo",
+    stage: Annotated[str, typer.Option(help=" | ".join(names(distributed=True)))] = "dpo",
     gpus: Annotated[int, typer.Option(help="GPUs in total (all nodes).")] = 8,
     gpu_mem: Annotated[float, typer.Option(help="Memory of one GPU in GB (2^30 bytes).")] = 80.0,
     nodes: Annotated[int, typer.Option(help="Nodes the GPUs are spread over.")] = 1,
@@ -39,7 +40,7 @@ def plan_cmd(
 @app.command("launch", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def launch_cmd(
     ctx: typer.Context,
-    stage: Annotated[str, typer.Option(help="dpo | reward | ppo | grpo | rloo")],
+    stage: Annotated[str, typer.Option(help=" | ".join(names(distributed=True)))],
     config: Annotated[str, typer.Option(help="Stage YAML (e.g. configs/me-llama-70b/dpo.yaml).")],
     nodes: Annotated[int, typer.Option(help="Number of nodes.")] = 1,
     gpus_per_node: Annotated[int, typer.Option(help="GPUs used on each node.")] = 8,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -12,7 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from align.cli_groups import app
-from annotation.errors import InputError
+from clinalign_base.errors import InputError
 
 console = Console(markup=False)  # plain text: file names and labels come from users
 phi_app = typer.Typer(help="PHI gate: scan JSONL files for protected health information (block or redact).",
@@ -26,7 +25,7 @@ ID_KEYS = ("id", "pair_id", "prompt_id", "record_id")
 
 
 def _load_records(path: Path) -> tuple[list[dict], list[int]]:
-    from annotation.jsonl import read_jsonl
+    from clinalign_base.jsonl import read_jsonl
 
     lines, records = [], []
     for line, obj in read_jsonl(path):
@@ -49,8 +48,8 @@ def phi_scan(
     threshold: Annotated[float, typer.Option(help="Presidio score threshold.")] = 0.4,
 ) -> None:
     """Scan FILE for PHI. Block mode exits non-zero naming records, fields, types and offsets."""
-    from annotation.jsonl import write_jsonl_atomic
     from annotation.phi import PhiGate
+    from clinalign_base.jsonl import write_jsonl_atomic
 
     if file.is_dir() and (file / "preferences.jsonl").is_file():  # a preference dataset folder
         file = file / "preferences.jsonl"
@@ -101,15 +100,6 @@ def _print_report(report, file: Path, out: Path | None, audit: Path) -> None:
         console.print(f"records written to {out}")
 
 
-def _json_arg(path: Path) -> dict:
-    if not path.is_file():
-        raise InputError("file not found", path=str(path))
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise InputError(f"invalid JSON: {exc.msg} (line {exc.lineno})", path=str(path)) from None
-
-
 @app.command("eval")
 def eval_cmd(
     model: Annotated[str | None, typer.Option(help="Base model spec (builtin:..., local folder); default: the "
@@ -152,14 +142,14 @@ def _dtype(name: str) -> str | None:
 
 
 def _read_winrate(path: Path) -> dict:
-    data = _json_arg(path)
-    value = data.get("win_rate")
-    if isinstance(value, dict):
-        data = value
-        value = data.get("win_rate")
+    """The win-rate block of a `clinalign winrate --out` file (the evaluation record, or its older flat shape)."""
+    from align.evaluation.record import read_record
+
+    rec = read_record(path)
+    value = rec.win_rate
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
         raise InputError(f"no win_rate in [0, 1] (got {value!r})", path=str(path))
-    return data
+    return rec.to_dict()["win_rate"]
 
 
 def _print_eval(result: dict, wr: dict | None) -> None:
@@ -180,29 +170,23 @@ def _print_eval(result: dict, wr: dict | None) -> None:
 
 
 def _write_eval(out: Path, result: dict, wr: dict | None, adapter: Path | None, winrate: Path | None) -> None:
-    import os
-
-    from annotation.manifest import build_manifest, ref
+    """A lineage manifest (`kind: evaluation`) whose metrics and blocks are the one evaluation record."""
+    from align.evaluation.record import EvaluationRecord
+    from clinalign_base.atomic import write_json_atomic
+    from clinalign_base.manifest import build_manifest, ref
 
     inputs = [{"role": "pubmedqa", "path": result["data"]["path"], "sha256": result["data"]["sha256"]}]
     if adapter:
         inputs.append(ref("policy", adapter))
     if winrate:
         inputs.append(ref("winrate", winrate))
-    metrics = {"pubmedqa_accuracy": result["accuracy"], "pubmedqa_accuracy_ci95": result["accuracy_ci95"],
-               "pubmedqa_n": result["n"], "pubmedqa_items_sha256": result["items_sha256"]}
-    if wr:
-        metrics |= {"win_rate": float(wr["win_rate"]), "win_rate_ci95": wr.get("win_rate_ci95"),
-                    "n_prompts": wr.get("n_prompts")}
-    manifest = build_manifest("evaluation", out.stem, inputs=inputs, metrics=metrics,
+    record = EvaluationRecord.from_blocks(wr, result, model=result["model"])
+    manifest = build_manifest("evaluation", out.stem, inputs=inputs, metrics=record.metrics(),
                               config={"model": result["model"], "adapter": result["adapter"],
                                       "limit": result["limit"], "max_length": result["max_length"],
                                       "scoring": result["scoring"]})
-    manifest["pubmedqa"] = result
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(out.suffix + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n")
-    os.replace(tmp, out)
+    manifest |= {k: v for k, v in record.to_dict().items() if k != "schema"}  # the blocks: win_rate, pubmedqa
+    write_json_atomic(out, manifest)
 
 
 @app.command("promote")
@@ -236,7 +220,7 @@ def promote_cmd(
                   f"<= {d.max_accuracy_drop:.3f}", _pf(acc_ok))
     console.print(table)
     if not d.promoted:
-        from annotation.errors import ClinalignError
+        from clinalign_base.errors import ClinalignError
 
         raise ClinalignError("NOT PROMOTED: " + "; ".join(d.reasons))
     target = out or default_promotion_path(Path(cand.path))

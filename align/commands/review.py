@@ -14,7 +14,7 @@ from rich.text import Text
 
 from align.cli_groups import app
 from align.progress import console, progress_bar
-from annotation.errors import ClinalignError, InputError
+from clinalign_base.errors import ClinalignError, InputError
 
 review_app = typer.Typer(help="Blind side-by-side review by clinicians (Gradio app), its users and pairs.",
                          invoke_without_command=True)
@@ -136,9 +136,9 @@ def pairs_cmd(
     store: Store = "runs/default/feedback.sqlite",
 ) -> None:
     """Load candidate pairs from a JSONL file into the store for review (already stored pairs are skipped)."""
-    from annotation.jsonl import read_jsonl
     from annotation.records import CandidatePair
     from annotation.store import open_store
+    from clinalign_base.jsonl import read_jsonl
 
     pairs = []
     for line, obj in read_jsonl(pairs_file):
@@ -175,8 +175,8 @@ def leaderboard_cmd(
 ) -> None:
     """Bradley–Terry (with ties) ratings, bootstrap CIs, win rates, votes per clinician, outlier voters."""
     from annotation.leaderboard import build_leaderboard, comparisons_from_feedback, plot_leaderboard
-    from annotation.manifest import build_manifest, ref, write_manifest
     from annotation.store import open_store
+    from clinalign_base.manifest import build_manifest, ref, write_manifest
 
     if both_unsafe not in ("tie", "skip"):
         raise ClinalignError("--both-unsafe must be 'tie' or 'skip'")

@@ -18,8 +18,12 @@ console = Console(markup=False)  # plain text: paths and names come from users
 
 
 def _parse_sets(sets: list[str] | None, extra: list[str]) -> dict:
-    """--set key=value pairs and trailing --key value pairs, as train_from_yaml overrides."""
+    """Trailing --key value pairs (every recipe's syntax); `--set key=value` is kept for one release."""
+    import sys
+
     import yaml
+
+    from align.recipe_utils import key_value_args
 
     out: dict = {}
     for item in sets or []:
@@ -27,34 +31,50 @@ def _parse_sets(sets: list[str] | None, extra: list[str]) -> dict:
             raise InputError(f"--set expects key=value, got {item!r}")
         key, value = item.split("=", 1)
         out[key.strip()] = yaml.safe_load(value) if value.strip() else value
-    i = 0
-    while i < len(extra):
-        key = extra[i]
-        if not key.startswith("--"):
-            raise InputError(f"unexpected argument {key!r} (overrides are --key value)")
-        if i + 1 >= len(extra) or extra[i + 1].startswith("--"):
-            raise InputError(f"override {key} has no value")
-        out[key[2:]] = extra[i + 1]
-        i += 2
-    return out
+    if sets:
+        print("clinalign: --set key=value is deprecated (removed in the next release); use --key value",
+              file=sys.stderr)
+    return out | key_value_args(extra)
 
 
 @reward_app.command("train", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def train_cmd(
     ctx: typer.Context,
     config: Annotated[str, typer.Option(help="TRL-native YAML (RewardScriptArguments + RewardConfig + ModelConfig).")],
-    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: --set learning_rate=1e-4.")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", hidden=True,
+                                                   help="Deprecated: --set key=value (use --key value).")] = None,
+    members: Annotated[int, typer.Option(help="Train an ensemble of this many members (seeds seed, seed+1, ...) "
+                                         "into output_dir/member-<i>, with output_dir/ensemble.json.")] = 1,
 ) -> None:
     """Train a Bradley–Terry reward model (TRL RewardTrainer). Extra --key value pairs override the YAML."""
     from annotation.manifest import read_manifest
     from reward_models.train import train_from_yaml
 
-    out = train_from_yaml(config, _parse_sets(set_, list(ctx.args)))
+    overrides = _parse_sets(set_, list(ctx.args))
+    if members < 1:
+        raise InputError(f"--members must be at least 1, got {members}")
+    if members > 1:
+        _train_ensemble(config, overrides, members)
+        return
+    out = train_from_yaml(config, overrides)
     m = read_manifest(out)["metrics"]
     console.print(Text.assemble("reward model written to ", (str(out), "bold"), f": {m['n_used']} pairs trained "
                   f"({m['n_prompt_truncated']} with the prompt cut from the left, {m['n_dropped_too_long']} "
                   f"dropped as too long), {m['global_step']} steps, {m['seconds_per_step']} s/step"
                   + (f", held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_n']} pairs" if "eval_accuracy" in m else "")))
+
+
+def _train_ensemble(config: str, overrides: dict, members: int) -> None:
+    from clinalign_base.manifest import read_manifest
+    from reward_models.ensemble import train_ensemble
+
+    out = train_ensemble(config, overrides, members)
+    m = read_manifest(out)["metrics"]
+    held = m.get("member_eval_accuracy")
+    console.print(Text.assemble(f"reward ensemble of {members} members written to ", (str(out), "bold"),
+                                f": s/step per member {m.get('member_seconds_per_step')}"
+                                + (f", members' held-out accuracy {[round(a, 3) for a in held]}" if held else "")
+                                + f"; score it with `clinalign reward score --model {out}` (mean and spread)"))
 
 
 @reward_app.command("eval")
@@ -69,21 +89,29 @@ def eval_cmd(
     rated_limit: Annotated[int | None, typer.Option(help="Use only the first N rated answers.")] = None,
     batch_size: int = 32,
     allow_untrained: Annotated[bool, typer.Option(help="Accept a bare backbone (random head), e.g. as a baseline.")] = False,
+    zero_shot_cosine: Annotated[bool, typer.Option(help="Score with the untrained backbone's cosine(question, "
+                                                        "answer) instead (--model builtin:minilm-l6): the "
+                                                        "zero-shot baseline, measured the same way.")] = False,
 ) -> None:
     """Held-out pairwise accuracy (bootstrap CI), calibration, length bias, per-source, rating agreement."""
     from reward_models.evaluate import evaluate_reward_model
 
     r = evaluate_reward_model(model, data, out, limit=limit, rated=rated, rated_limit=rated_limit,
-                              report_dir=report, batch_size=batch_size, allow_untrained=allow_untrained)
+                              report_dir=report, batch_size=batch_size, allow_untrained=allow_untrained,
+                              zero_shot_cosine=zero_shot_cosine)
     lb = r["length_bias"]
-    table = Table(title=f"reward model {model} on {data}")
+    title = "zero-shot cosine of" if zero_shot_cosine else "reward model"
+    table = Table(title=f"{title} {model} on {data}")
     for col in ("metric", "value"):
         table.add_column(col)
     table.add_row("pairwise accuracy", f"{r['accuracy']:.3f} (95% CI {r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}, n={r['n']})")
     table.add_row("prefer-longer / prefer-shorter", f"{lb['baseline_prefer_longer']:.3f} / {lb['baseline_prefer_shorter']:.3f}")
     table.add_row("ECE", f"{r['calibration']['ece']:.3f}")
     if r.get("ratings"):
-        table.add_row("Spearman vs ratings", f"{r['ratings']['spearman']:.3f} (n={r['ratings']['n']})")
+        g = r["ratings"]
+        ci = g.get("spearman_ci95") or [float("nan")] * 2
+        rho = "n/a" if g["spearman"] is None else f"{g['spearman']:.3f}"
+        table.add_row("Spearman vs ratings", f"{rho} (95% CI {ci[0]:.3f}-{ci[1]:.3f}, n={g['n']})")
     console.print(table)
     for path in (out, report):
         if path:
@@ -94,13 +122,15 @@ def eval_cmd(
 def score_cmd(
     model: Annotated[str, typer.Option(help="Reward model folder.")],
     data: Annotated[str, typer.Option(help="JSONL with prompt and response fields.")],
-    out: Annotated[str | None, typer.Option(help="Write the rows with a 'reward' field (JSONL); default stdout.")] = None,
+    out: Annotated[str | None, typer.Option(help="Write the rows with a 'reward' field (JSONL; an ensemble adds "
+                                              "'reward_spread', the std over members); default stdout.")] = None,
     batch_size: int = 32,
     allow_untrained: bool = False,
 ) -> None:
-    """Score (prompt, response) pairs with the reward model's own tokenizer and text format."""
+    """Score (prompt, response) pairs with the reward model's own tokenizer and text format.
+    An ensemble folder gives the members' mean reward and their spread."""
     from annotation.jsonl import read_jsonl, require_str, write_jsonl_atomic
-    from reward_models.scoring import RewardScorer
+    from reward_models.scoring import load_scorer
 
     rows = []
     for line, obj in read_jsonl(data):
@@ -109,12 +139,32 @@ def score_cmd(
         rows.append(obj)
     if not rows:
         raise InputError("no rows to score", path=data)
-    scorer = RewardScorer(model, batch_size=batch_size, allow_untrained=allow_untrained)
+    scorer = load_scorer(model, batch_size=batch_size, allow_untrained=allow_untrained)
     rewards = scorer.score([r["prompt"] for r in rows], [r["response"] for r in rows])
+    spread = getattr(rewards, "spread", None)
     scored = [{**r, "reward": v} for r, v in zip(rows, rewards, strict=True)]
+    if spread is not None:
+        scored = [{**r, "reward_spread": s} for r, s in zip(scored, spread, strict=True)]
     if out:
         write_jsonl_atomic(out, scored)
         console.print(f"{len(scored)} rewards written to {Path(out)}")
     else:
         for row in scored:
             typer.echo(json.dumps(row, ensure_ascii=False))
+
+
+@reward_app.command("exclusions")
+def exclusions_cmd(
+    against: Annotated[list[str], typer.Option(help="Evaluation JSONL whose answers training must not contain "
+                                                     "(read here only, never copied).")],
+    out: Annotated[str, typer.Option(help="The exclusion list to write (shipped in data/).")] = "data/reward_eval_overlap.json",
+    data_dir: Annotated[str, typer.Option(help="Folder with medquad/, kqa/, pubmedqa/.")] = "data",
+    threshold: Annotated[float, typer.Option(help="Share of an answer's 8-word shingles that makes it overlap.")] = 0.3,
+) -> None:
+    """Which of data/'s answers overlap evaluation answers: a list of their sha256 the medical reward
+    recipe leaves out (`dedupe_against`), so training needs no evaluation file on the machine."""
+    from reward_models.medical_pairs import write_exclusions
+
+    record = write_exclusions(data_dir, against, out, threshold=threshold)
+    console.print(f"{record['n']} answers of {data_dir} overlap {', '.join(Path(p).name for p in against)}: "
+                  f"listed in {out}")

@@ -23,12 +23,18 @@ def _run(config: str | None, overrides: dict) -> None:
     out.print(Text.assemble("round manifest: ", (str(manifest), "bold")))
 
 
-@app.command("demo")
+@app.command("demo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def demo_cmd(
+    ctx: typer.Context,
     config: Annotated[str, typer.Option(help="Round config YAML.")] = "configs/demo/round.yaml",
     output_dir: Annotated[str | None, typer.Option(help="Where the round's artefacts go.")] = None,
     policy_stage: Annotated[str | None, typer.Option(help="dpo (default) or ppo.")] = None,
 ) -> None:
-    """One full round on CPU: MedQuAD/K-QA prompts → pairs → simulated feedback → reward model → DPO → eval."""
-    overrides = {k: v for k, v in {"output_dir": output_dir, "policy_stage": policy_stage}.items() if v}
+    """One full round on CPU: MedQuAD/K-QA prompts → pairs → simulated feedback → reward model → DPO → eval.
+
+    Any round.yaml key can be overridden with a trailing --key value (e.g. --test_prompts 48)."""
+    from align.recipe_utils import key_value_args
+
+    overrides = key_value_args(list(ctx.args), typed=True)
+    overrides |= {k: v for k, v in {"output_dir": output_dir, "policy_stage": policy_stage}.items() if v}
     _run(config, overrides)

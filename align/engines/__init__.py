@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib.util
 from dataclasses import dataclass
 
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 BACKENDS = ("transformers", "llamacpp")
 DEFAULT_GGUF_WEIGHTS = "bf16"

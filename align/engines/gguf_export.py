@@ -26,8 +26,8 @@ import os
 import tempfile
 from pathlib import Path
 
-from align.models import _build_lock, cache_dir, resolve_model
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
+from clinalign_base.models import build_lock, cache_dir, resolve_model
 
 CONVERTER_VERSION = "1"
 WEIGHT_TYPES = ("bf16", "f16", "f32", "q8_0")
@@ -86,7 +86,7 @@ def gguf_for(model: str, adapter: str | None = None, weight_type: str = "bf16") 
     if target.is_file():
         os.utime(target)  # recently used: kept by _prune
         return target
-    with _build_lock(f"gguf-{key}"):
+    with build_lock(f"gguf-{key}"):
         if not target.is_file():
             fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{key}.", suffix=".gguf")
             os.close(fd)

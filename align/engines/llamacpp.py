@@ -40,7 +40,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 INSTALL_HINT = ("llama-cpp-python is not installed in this venv: run `bash scripts/setup-llamacpp.sh .venv` "
                 "(part of `make setup` unless CLINALIGN_LLAMACPP=0); it compiles once for this CPU and caches the "

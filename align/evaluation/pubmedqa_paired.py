@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from align.evaluation.stats import noninferiority_paired
-from annotation.errors import InputError
+from clinalign_base.errors import InputError
 
 # Settings that should match for a fair comparison; a difference is reported, not fatal.
 _SETTINGS = ("scoring_version", "max_length", "chat_prompt", "dtype", "limit", "with_abstract")

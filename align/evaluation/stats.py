@@ -11,12 +11,18 @@ from typing import Any
 import numpy as np
 from scipy import stats as sps
 
+from clinalign_base.stats import (
+    DEFAULT_ALPHA,
+    DEFAULT_N_BOOT,
+    check_boot_args,
+    chunk_rows,
+    percentile_interval,
+)
+
 DEFAULT_TIE_EPS: float = 1e-6
 
 # Exact sign-flip enumeration costs 2^n rows; 16 prompts = 65,536 rows, still instant.
 _EXACT_MAX_PROMPTS = 16
-# Bootstrap / flip matrices are built in chunks of about this many cells to bound memory on large sets.
-_CHUNK_CELLS = 2_000_000
 _VALID_OUTCOMES = (0.0, 0.5, 1.0)
 
 
@@ -53,21 +59,6 @@ class WinRate:
                 "losses": int(self.losses), "ties": int(self.ties)}
 
 
-def _chunk_rows(n_cols: int, n_rows: int) -> int:
-    return max(1, min(n_rows, _CHUNK_CELLS // max(1, n_cols)))
-
-
-def _percentile_interval(samples: np.ndarray, alpha: float) -> tuple[float, float]:
-    return float(np.quantile(samples, alpha / 2)), float(np.quantile(samples, 1 - alpha / 2))
-
-
-def _check_boot_args(n_boot: int, alpha: float) -> None:
-    if n_boot < 1:
-        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
-    if not 0 < alpha < 1:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
-
-
 def _validated_prompts(outcomes_by_prompt: Sequence[Sequence[float]]) -> list[np.ndarray]:
     if len(outcomes_by_prompt) == 0:
         raise ValueError("win_rate_stats: no prompts given (outcomes_by_prompt is empty)")
@@ -85,7 +76,7 @@ def _cluster_bootstrap(sums: np.ndarray, counts: np.ndarray, n_boot: int,
     """Win-rate of each resample of prompts: pooled over the drawn prompts' comparisons (ratio estimator)."""
     n = sums.size
     out = np.empty(n_boot)
-    step = _chunk_rows(n, n_boot)
+    step = chunk_rows(n, n_boot)
     for start in range(0, n_boot, step):
         idx = rng.integers(0, n, size=(min(step, n_boot - start), n))
         out[start:start + idx.shape[0]] = sums[idx].sum(axis=1) / counts[idx].sum(axis=1)
@@ -101,49 +92,33 @@ def _sign_flip_p(d: np.ndarray, n_boot: int, rng: np.random.Generator) -> float:
         flipped = np.abs((1 - 2 * bits) @ d)
         return float(np.count_nonzero(flipped >= observed) / 2 ** n)
     hits = 0
-    step = _chunk_rows(n, n_boot)
+    step = chunk_rows(n, n_boot)
     for start in range(0, n_boot, step):
         signs = rng.choice(np.array([-1.0, 1.0]), size=(min(step, n_boot - start), n))
         hits += int(np.count_nonzero(np.abs(signs @ d) >= observed))
     return (1 + hits) / (1 + n_boot)
 
 
-def win_rate_stats(outcomes_by_prompt: Sequence[Sequence[float]], *, n_boot: int = 10000, seed: int = 0,
-                   alpha: float = 0.05) -> WinRate:
+def win_rate_stats(outcomes_by_prompt: Sequence[Sequence[float]], *, n_boot: int = DEFAULT_N_BOOT, seed: int = 0,
+                   alpha: float = DEFAULT_ALPHA) -> WinRate:
     """Win-rate over all comparisons, with a prompt-clustered bootstrap CI and a sign-flip p-value.
 
     outcomes_by_prompt[i] holds the outcomes (1/0.5/0) of every comparison made on prompt i. Samples of one
     prompt are correlated, so both the CI and the test treat the prompt, not the comparison, as the unit.
     The test is exact (all 2^n sign patterns) for n_prompts <= 16, Monte Carlo with n_boot flips otherwise.
     """
-    _check_boot_args(n_boot, alpha)
+    check_boot_args(n_boot, alpha)
     prompts = _validated_prompts(outcomes_by_prompt)
     flat = np.concatenate(prompts)
     sums = np.array([p.sum() for p in prompts])
     counts = np.array([p.size for p in prompts], dtype=float)
     boot_rng, flip_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
-    lo, hi = _percentile_interval(_cluster_bootstrap(sums, counts, n_boot, boot_rng), alpha)
+    lo, hi = percentile_interval(_cluster_bootstrap(sums, counts, n_boot, boot_rng), alpha)
     d = sums / counts - 0.5
     return WinRate(win_rate=float(flat.mean()), ci95=[lo, hi], p_value=_sign_flip_p(d, n_boot, flip_rng),
                    n_prompts=len(prompts), n_comparisons=int(flat.size),
                    wins=int(np.count_nonzero(flat == 1.0)), losses=int(np.count_nonzero(flat == 0.0)),
                    ties=int(np.count_nonzero(flat == 0.5)))
-
-
-def bootstrap_mean_ci(values: Sequence[float], *, n_boot: int = 10000, seed: int = 0,
-                      alpha: float = 0.05) -> tuple[float, float]:
-    """Percentile bootstrap CI of a plain mean (e.g. per-prompt score differences); (nan, nan) if empty."""
-    _check_boot_args(n_boot, alpha)
-    arr = np.asarray(values, dtype=float).ravel()
-    if arr.size == 0:
-        return (float("nan"), float("nan"))
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_boot)
-    step = _chunk_rows(arr.size, n_boot)
-    for start in range(0, n_boot, step):
-        idx = rng.integers(0, arr.size, size=(min(step, n_boot - start), arr.size))
-        means[start:start + idx.shape[0]] = arr[idx].mean(axis=1)
-    return _percentile_interval(means, alpha)
 
 
 def mcnemar_exact(b: int, c: int) -> float:

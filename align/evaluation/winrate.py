@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
-from align.evaluation.stats import DEFAULT_TIE_EPS, bootstrap_mean_ci, length_report, outcome, win_rate_stats
+from align.evaluation.stats import DEFAULT_TIE_EPS, length_report, outcome, win_rate_stats
 from align.generate import Sample
 from align.prompts import Prompt
+from clinalign_base.stats import DEFAULT_N_BOOT, bootstrap_ci
 
 JudgeFn = Callable[[Prompt, Sample], float]
 
@@ -52,7 +53,8 @@ def judged_win_rate(prompts: Sequence[Prompt], policy: Sequence[Sequence[Sample]
         "control": {"kind": "A/A: base vs base, other seeds", **control.to_dict()},
         "mean_score": {"policy": float(np.mean(sp)), "base": float(np.mean(sb)),
                        "base_best_of_k": float(np.mean([max(s) for s in sb]))},
-        "mean_score_diff": float(np.mean(diffs)), "mean_score_diff_ci95": list(bootstrap_mean_ci(diffs, seed=seed)),
+        "mean_score_diff": float(np.mean(diffs)),
+        "mean_score_diff_ci95": list(bootstrap_ci(diffs, n_boot=DEFAULT_N_BOOT, seed=seed)),
         "lengths": {"policy": _lengths(policy, k, max_new_tokens), "base": _lengths(base, k, max_new_tokens)},
         "examples": _examples(prompts, policy, base, sp, sb, n=3),
     }

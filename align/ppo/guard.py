@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from align.evaluation.stats import distinct_n  # noqa: F401  (re-exported: the trainer logs it)
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 KL_OVER_BUDGET = "kl_over_budget"
 LENGTH_DRIFT = "length_drift"

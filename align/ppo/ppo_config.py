@@ -16,7 +16,7 @@ from typing import Literal
 
 from transformers import TrainingArguments
 
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 
 @dataclass

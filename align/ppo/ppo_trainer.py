@@ -45,7 +45,7 @@ from align.ppo.rollout import (
     make_reward_source,
     preflight_reward,
 )
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 STATE_NAME = "ppo_trainer_state.json"
 VALUE_HEAD_NAME = "value_head.safetensors"
@@ -95,7 +95,7 @@ class PPOTrainer:
         if prompts is not None:
             if not prompts:
                 raise ClinalignError("the prompt set is empty: nothing to train on")
-            self.prompts = [Prompt(p, f"prompts[{i}]") for i, p in enumerate(prompts)]
+            self.prompts = [Prompt(f"prompts[{i}]", p, origin=f"prompts[{i}]") for i, p in enumerate(prompts)]
             self.prompts_source = None
         else:
             self.prompts = load_prompt_set(args.prompts_path, args.max_train_samples)
@@ -178,7 +178,8 @@ class PPOTrainer:
         if judge_fn is None:
             raise ClinalignError("guard_judge_every > 0 needs a judge: pass judge_fn= or set guard_judge_function")
         if judge_prompts is not None:
-            prompts = [Prompt(p, f"judge_prompts[{i}]") for i, p in enumerate(judge_prompts)]
+            prompts = [Prompt(f"judge_prompts[{i}]", p, origin=f"judge_prompts[{i}]")
+                       for i, p in enumerate(judge_prompts)]
         elif args.guard_judge_prompts_path:
             prompts = load_prompt_set(args.guard_judge_prompts_path)
             self.judge_prompts_source = str(resolve_prompts_path(args.guard_judge_prompts_path))
@@ -592,7 +593,7 @@ class PPOTrainer:
         return self.output_dir
 
     def _write_manifest(self) -> None:
-        from annotation.manifest import build_manifest, write_manifest
+        from clinalign_base.manifest import build_manifest, write_manifest
 
         rows = self.metrics.rows()
         last = rows[-1] if rows else {}
@@ -628,7 +629,7 @@ def input_ref(role: str, spec: str | None) -> dict:
     """Hash small inputs; for model folders hash only config files (a 70B checkpoint is 140 GB)."""
     import hashlib
 
-    from annotation.manifest import file_sha256, path_sha256
+    from clinalign_base.manifest import file_sha256, path_sha256
 
     if not spec:
         return {"role": role, "path": "", "sha256": ""}

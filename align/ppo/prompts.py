@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
-from annotation.errors import ClinalignError, InputError
+from align.prompts import Prompt, load_prompts
+from clinalign_base.errors import ClinalignError, InputError
 
-
-@dataclass(frozen=True)
-class Prompt:
-    text: str          # the plain user question (what the reward model sees)
-    where: str         # "file id ..." for error messages
+__all__ = ["Prompt", "context_length", "encode_prompts", "load_prompt_set", "resolve_prompts_path"]
 
 
 def resolve_prompts_path(path: str) -> Path:
@@ -24,11 +21,8 @@ def resolve_prompts_path(path: str) -> Path:
 
 def load_prompt_set(path: str, limit: int | None = None) -> list[Prompt]:
     """Validated prompts (align.prompts: `prompt` or `question` field); an empty set is an error."""
-    from align.prompts import load_prompts
-
     src = resolve_prompts_path(path)
-    items = load_prompts(str(src), limit=limit)
-    return [Prompt(p.text, f"{src} (id {p.id})") for p in items]
+    return [replace(p, origin=f"{src} (id {p.id})") for p in load_prompts(str(src), limit=limit)]
 
 
 def context_length(model_config) -> int | None:

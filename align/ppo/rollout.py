@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from annotation.errors import ClinalignError
+from clinalign_base.errors import ClinalignError
 
 RewardFn = Callable[[Sequence[str], Sequence[str]], Sequence[float]]
 

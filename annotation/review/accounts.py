@@ -27,10 +27,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from annotation.atomic import write_private_text
-from annotation.errors import InputError
 from annotation.records import utc_now
 from annotation.review.throttle import DEFAULT_LIMIT, LockedOut, Throttle
+from clinalign_base.atomic import write_private_text
+from clinalign_base.errors import InputError
 
 SCHEMA = "clinalign.review-users/1"
 ROLES = ("clinician", "admin")

@@ -19,13 +19,14 @@ from typing import Any
 
 from annotation.errors import ClinalignError
 from annotation.records import CandidatePair, Feedback, utc_now
-from annotation.store import FeedbackStore
+from annotation.store import FeedbackStore, store_priorities
 
 log = logging.getLogger(__name__)
 
 # Displayed choices (what the clinician clicks) -> stored preference, given which side was left.
 DISPLAY_CHOICES = ("A", "B", "tie", "both_unsafe")
 REFRESH_S = 30.0  # how often new pairs / other processes' votes are picked up from the store
+PRIORITY_VOTES = 2  # a prioritised pair is served first until it has this many votes (agreement overlap)
 MAX_TEXT_CHARS = 8000  # per comment / correction: bounds the store and the PHI gate at export
 
 
@@ -80,8 +81,9 @@ class ReviewQueue:
     """Thread-safe queue shared by all sessions of one app process."""
 
     def __init__(self, store: FeedbackStore, *, include_same_model: bool = False, seed: int | None = None,
-                 max_text_chars: int = MAX_TEXT_CHARS):
+                 max_text_chars: int = MAX_TEXT_CHARS, priority_votes: int = PRIORITY_VOTES):
         self.store = store
+        self.priority_votes = priority_votes
         self.max_text_chars = max_text_chars
         self.include_same_model = include_same_model
         self._rng = secrets.SystemRandom() if seed is None else random.Random(seed)
@@ -92,6 +94,7 @@ class ReviewQueue:
         self._pairs: dict[str, CandidatePair] = {}
         self._done: dict[str, set[str]] = {}  # user -> pair ids with any feedback from them
         self._votes = Counter()  # pair id -> number of feedback records (any origin)
+        self._priority: dict[str, int] = {}  # pair id -> rank from `annotate select` (1 = first)
         self._inflight: set[tuple[str, str]] = set()
         self._tickets: dict[str, Ticket] = {}
         self._open: dict[str, str] = {}  # user -> ticket id currently shown to them
@@ -114,8 +117,10 @@ class ReviewQueue:
         for fb in self.store.iter_feedback():
             done.setdefault(fb.annotator_id, set()).add(fb.pair_id)
             votes[fb.pair_id] += 1
+        priority = store_priorities(self.store)
         with self._lock:
             self._pairs, self.skipped_same_model = pairs, skipped
+            self._priority = priority
             for user, ids in self._done.items():  # keep votes this process recorded meanwhile
                 done.setdefault(user, set()).update(ids)
             self._done, self._votes = done, votes
@@ -155,15 +160,27 @@ class ReviewQueue:
             todo = [pid for pid in self._pairs if pid not in done and (user, pid) not in self._inflight]
             if not todo:
                 return None
-            # Fewest votes first spreads overlap across clinicians (needed for agreement); the
-            # per-user hash order means two clinicians do not walk the pairs in the same order.
-            order = self._order.setdefault(user, {})
-            pid = min(todo, key=lambda p: (self._votes[p], order.get(p) or order.setdefault(p, _user_order(user, p))))
+            pid = min(todo, key=lambda p: self._serve_key(user, p))
             ticket = Ticket(secrets.token_urlsafe(16), user, self._pairs[pid], self._rng.choice("ab"))
             self._tickets[ticket.id] = ticket
             self._open[user] = ticket.id
             self._forget_old_tickets(user)
             return ticket
+
+    def _serve_key(self, user: str, pid: str) -> tuple:
+        """Sort key of the next pair (smallest first), called under the lock.
+
+        Pairs `annotate select` prioritised come first until each has `priority_votes` votes (their
+        label teaches the reward model most; the cap keeps 50 clinicians from all voting on the same
+        few). Then fewest votes first spreads overlap across clinicians (needed for agreement),
+        priority rank next, and the per-user hash order means two clinicians do not walk the pairs
+        in the same order."""
+        votes = self._votes[pid]
+        rank = self._priority.get(pid)
+        first = rank is not None and votes < self.priority_votes
+        order = self._order.setdefault(user, {})
+        return (not first, votes, rank if rank is not None else float("inf"),
+                order.get(pid) or order.setdefault(pid, _user_order(user, pid)))
 
     def ticket(self, user: str, ticket_id: str) -> Ticket:
         with self._lock:

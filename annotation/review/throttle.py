@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from annotation.atomic import write_private_text
+from clinalign_base.atomic import write_private_text
 
 DEFAULT_LIMIT = 5  # failed sign-ins per account within window_s before the account is locked
 DEFAULT_WINDOW_S = 15 * 60.0

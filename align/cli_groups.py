@@ -1,4 +1,7 @@
-"""The typer apps every command module attaches to. `align/cli.py` discovers the modules."""
+"""The typer apps every command module attaches to (and the options several share).
+`align/cli.py` discovers the modules."""
+
+from typing import Annotated
 
 import typer
 
@@ -9,7 +12,10 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     add_completion=False,
 )
-annotate_app = typer.Typer(help="Clinician feedback: import, export, push, users, agreement.", no_args_is_help=True)
+annotate_app = typer.Typer(help="Clinician feedback: import, push, users, status, agreement, export, select.",
+                           no_args_is_help=True)
 reward_app = typer.Typer(help="Reward models: train, evaluate, score.", no_args_is_help=True)
 app.add_typer(annotate_app, name="annotate")
 app.add_typer(reward_app, name="reward")
+
+Store = Annotated[str, typer.Option("--store", help="Embedded store (SQLite path) or argilla:<dataset>.")]

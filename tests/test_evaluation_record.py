@@ -106,7 +106,7 @@ def test_an_evaluation_folder_prefers_the_record_and_falls_back_to_its_manifest(
 
 
 def test_winrate_output_feeds_eval_and_promote(tmp_path):
-    from align.commands.governance import _read_winrate
+    from align.commands.evaluate import _read_winrate
 
     proxy = {"judge": "reward model (proxy)", "win_rate": 0.7, "ci95": [0.6, 0.8], "win_rate_ci95": [0.6, 0.8],
              "p_value": 0.01, "n_prompts": 32, "n_comparisons": 32, "ties": 0}

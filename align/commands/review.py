@@ -1,29 +1,37 @@
-"""`clinalign review` (the blind review app, its users, its pairs) and `clinalign leaderboard`."""
+"""`clinalign review ...`: the blind side-by-side review app by clinicians, its users and pairs."""
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 from rich.text import Text
 
-from align.cli_groups import app
-from align.progress import console, progress_bar
+from align.cli_groups import Store, app
+from align.progress import console
 from clinalign_base.errors import ClinalignError, InputError
 
 review_app = typer.Typer(help="Blind side-by-side review by clinicians (Gradio app), its users and pairs.",
                          invoke_without_command=True)
+
+
 app.add_typer(review_app, name="review")
 
+
 PASSWORD_ENV = "CLINALIGN_REVIEW_PASSWORD"
+
+
 PUBLIC_URL_ENV = "CLINALIGN_PUBLIC_URL"
+
+
 TRUSTED_PROXIES_ENV = "CLINALIGN_TRUSTED_PROXIES"
-Store = Annotated[str, typer.Option("--store", help="Embedded store (SQLite path) or argilla:<dataset>.")]
+
+
+
+
 Users = Annotated[str | None, typer.Option("--users", help="Users file (create with `clinalign review add-user`), or 'argilla' to log in with the Argilla server's users (ARGILLA_API_URL).")]
 
 
@@ -161,82 +169,3 @@ def pairs_cmd(
     same = sum(p.model_a == p.model_b for p in pairs)
     console.print(f"{new} new pairs stored ({len(pairs) - new} already there) in {store}"
                   + (f"; {same} have the same model on both sides and are skipped by the review queue" if same else ""))
-
-
-@app.command("leaderboard")
-def leaderboard_cmd(
-    store: Store = "runs/default/feedback.sqlite",
-    out: Annotated[str | None, typer.Option(help="Folder for leaderboard.json, leaderboard.png and a manifest.")] = None,
-    bootstrap: Annotated[int, typer.Option(help="Bootstrap resamples for the confidence intervals.")] = 1000,
-    seed: int = 0,
-    both_unsafe: Annotated[str, typer.Option(help="'Both unsafe' votes: tie | skip.")] = "tie",
-    all_origins: Annotated[bool, typer.Option(help="Count annotation feedback too, not only blind review votes.")] = False,
-    min_voter_votes: Annotated[int, typer.Option(help="Decisive votes a clinician needs before outlier testing.")] = 10,
-) -> None:
-    """Bradley–Terry (with ties) ratings, bootstrap CIs, win rates, votes per clinician, outlier voters."""
-    from annotation.leaderboard import build_leaderboard, comparisons_from_feedback, plot_leaderboard
-    from annotation.store import open_store
-    from clinalign_base.manifest import build_manifest, ref, write_manifest
-
-    if both_unsafe not in ("tie", "skip"):
-        raise ClinalignError("--both-unsafe must be 'tie' or 'skip'")
-    s = open_store(store, create=False)
-    try:
-        pairs = {p.id: p for p in s.iter_pairs()}
-        comps = comparisons_from_feedback(s.iter_feedback(), pairs, origins=() if all_origins else ("review",),
-                                          both_bad=both_unsafe)
-    finally:
-        s.close()
-    if not comps:
-        raise ClinalignError(f"no votes between two different models in {store} (review votes only unless --all-origins)")
-    with progress_bar("bootstrap", bootstrap) as advance:
-        lb = build_leaderboard(comps, n_bootstrap=bootstrap, seed=seed, min_voter_votes=min_voter_votes,
-                               progress=lambda b, n: advance(1))
-    lb.config.update({"both_unsafe": both_unsafe, "all_origins": all_origins})
-    _print_leaderboard(lb)
-    if out:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        tmp = folder / "leaderboard.json.tmp"
-        tmp.write_text(json.dumps(lb.to_dict(), indent=2) + "\n")
-        tmp.replace(folder / "leaderboard.json")
-        plot_leaderboard(lb, folder / "leaderboard.png")
-        inputs = [ref("store", store)] if Path(store).exists() else []
-        manifest = build_manifest("leaderboard", folder.name, inputs=inputs,
-                                  outputs=[ref("leaderboard", folder / "leaderboard.json"),
-                                           ref("plot", folder / "leaderboard.png")],
-                                  config=lb.config | {"n_bootstrap": bootstrap},
-                                  metrics={"n_votes": lb.n_votes, "nu": lb.nu,
-                                           "ratings": {r.model: r.rating for r in lb.models}})
-        write_manifest(folder, manifest)
-        console.print(f"wrote {folder / 'leaderboard.json'}, {folder / 'leaderboard.png'}")
-
-
-def _print_leaderboard(lb) -> None:
-    table = Table(title=f"Leaderboard · {lb.n_votes} votes · tie parameter ν={lb.nu:.2f}")
-    for col in ("#", "model", "rating", f"{int(lb.confidence * 100)}% CI", "votes", "W", "L", "T",
-                "both unsafe", "flagged"):
-        table.add_column(col, justify="left" if col == "model" else "right")
-    for k, r in enumerate(lb.models, 1):
-        table.add_row(str(k), r.model, f"{r.rating:.0f}", f"{r.ci_low:.0f}–{r.ci_high:.0f}", str(r.votes),
-                      str(r.wins), str(r.losses), str(r.ties), str(r.both_unsafe), str(r.flagged))
-    console.print(table)
-    names = [r.model for r in lb.models]
-    wins = Table(title="Win rate of row vs column (tie = ½)")
-    wins.add_column("")
-    for n in names:
-        wins.add_column(n, justify="right")
-    for a in names:
-        wins.add_row(a, *["—" if a == b else ("" if lb.win_rates[a].get(b) is None
-                                             else f"{lb.win_rates[a][b]:.2f} ({lb.games[a][b]})") for b in names])
-    console.print(wins)
-    voters = Table(title="Votes per clinician")
-    for col in ("clinician", "votes", "ties", "both unsafe", "flagged", "against consensus", "expected", "z",
-                "outlier", "median s/vote"):
-        voters.add_column(col, justify="left" if col == "clinician" else "right")
-    for v in lb.voters:
-        voters.add_row(v.annotator, str(v.votes), str(v.ties), str(v.both_unsafe), str(v.flagged),
-                       str(v.against_consensus), f"{v.expected_against:.1f}", f"{v.z:.2f}",
-                       Text("YES", style="bold red") if v.outlier else "",
-                       "" if v.median_seconds is None else f"{v.median_seconds:.1f}")
-    console.print(voters)

@@ -1,8 +1,4 @@
-"""Online RL commands: `clinalign ppo` (clinalign's own trainer), `clinalign grpo` / `rloo` (TRL's).
-
-Each takes a TRL-style YAML; extra `--key value` pairs override it, e.g.
-    clinalign ppo --config configs/demo/ppo.yaml --max_steps 2 --output_dir runs/ppo-try
-"""
+"""`clinalign sft | dpo | ppo | grpo | rloo`: policy training recipes (YAML config, trailing --key value overrides)."""
 
 from __future__ import annotations
 
@@ -14,7 +10,30 @@ from align.cli_groups import app
 from align.progress import console
 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+
 Config = Annotated[str, typer.Option(help="YAML whose keys are the config dataclass fields (TRL style).")]
+
+
+@app.command("sft", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def sft_cmd(ctx: typer.Context,
+            config: Annotated[str, typer.Option(help="TRL-native YAML (SFTConfig + ModelConfig keys).")]) -> None:
+    """SFT (TRL SFTTrainer, LoRA) on experts' answers and clinicians' corrections. Extra --key value pairs
+    override the YAML."""
+    from align.sft import train_from_yaml
+
+    out = train_from_yaml(config, extra_args=list(ctx.args))
+    console.print(f"SFT adapter written to {out}")
+
+
+@app.command("dpo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def dpo_cmd(ctx: typer.Context,
+            config: Annotated[str, typer.Option(help="TRL-native YAML (DPOConfig + ModelConfig keys).")]) -> None:
+    """DPO fine-tuning (TRL DPOTrainer, LoRA) on a preference dataset. Extra --key value pairs override the YAML."""
+    from align.dpo import train_from_yaml
+
+    out = train_from_yaml(config, extra_args=list(ctx.args))
+    console.print(f"policy adapter written to {out}")
 
 
 @app.command("ppo", context_settings=EXTRA)

@@ -99,7 +99,7 @@ class Round:
                 "eval_split": c.eval_split}
 
     def sft(self) -> dict[str, Any]:
-        from align.sft import build_sft_rows, train_from_yaml
+        from align.recipes.sft import build_sft_rows, train_from_yaml
 
         c = self.cfg
         rows = build_sft_rows(self.prompts["train"], max_answer_words=c.sft_max_answer_words)
@@ -203,7 +203,7 @@ class Round:
         c = self.cfg
         common = {"output_dir": str(self.out / "policy"), "model_name_or_path": self.current}
         if c.policy_stage == "dpo":
-            from align.dpo import train_from_yaml
+            from align.recipes.dpo import train_from_yaml
 
             out = train_from_yaml(c.dpo_config, {**common, "dataset_path": str(self.out / "preferences"),
                                                  **c.dpo_overrides})
@@ -221,8 +221,8 @@ class Round:
         return result
 
     def _ppo(self, common: dict[str, Any]) -> Path:
-        from align.ppo.ppo_config import parse_ppo_config
-        from align.ppo.ppo_trainer import PPOTrainer
+        from align.recipes.ppo.ppo_config import parse_ppo_config
+        from align.recipes.ppo.ppo_trainer import PPOTrainer
 
         c = self.cfg
         refs = {p.text: p for p in (*self.prompts["train"], *self.prompts["rm_val"])}
@@ -298,7 +298,7 @@ class Round:
 
     # -- the whole round -----------------------------------------------------------------------
     def run(self) -> Path:
-        from align.recipe_utils import set_threads
+        from align.recipes.recipe_utils import set_threads
 
         set_threads(self.cfg.num_threads)
         _prepare_dir(self.out)

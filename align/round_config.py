@@ -59,7 +59,7 @@ class RoundConfig:
     phi_scan_references: bool = _f(True, "Also scan reference answers (off for public references, whose "
                                          "eponyms read as names).")
     sft: bool = _f(True, "Run SFT on experts' answers and clinicians' corrections before DPO/PPO.")
-    sft_config: str = _f("configs/demo/sft.yaml", "SFT recipe config (align/sft.py).")
+    sft_config: str = _f("configs/demo/sft.yaml", "SFT recipe config (align/recipes/sft.py).")
     sft_overrides: dict[str, Any] = _f({}, "Keys of the SFT config to override for this round.")
     sft_max_answer_words: int = _f(60, "Experts' answers are cut at a sentence boundary after this many words.")
     reward_config: str = _f("configs/demo/reward.yaml", "Reward-model recipe config (reward_models/train.py).")
@@ -68,8 +68,8 @@ class RoundConfig:
                                         "reports the reward model's Spearman against the grades (evaluation "
                                         "only; e.g. ../shared/eval/liveqa_medquad_judged_answers.jsonl).")
     policy_stage: str = _f("dpo", "dpo | ppo.")
-    dpo_config: str = _f("configs/demo/dpo.yaml", "DPO recipe config (align/dpo.py).")
-    ppo_config: str = _f("configs/demo/ppo.yaml", "PPO recipe config (align/ppo/).")
+    dpo_config: str = _f("configs/demo/dpo.yaml", "DPO recipe config (align/recipes/dpo.py).")
+    ppo_config: str = _f("configs/demo/ppo.yaml", "PPO recipe config (align/recipes/ppo/).")
     dpo_overrides: dict[str, Any] = _f({}, "Keys of the DPO config to override for this round.")
     ppo_overrides: dict[str, Any] = _f({}, "Keys of the PPO config to override for this round.")
     ppo_reward: str = _f("simulated", "PPO reward: simulated (the simulated clinician) | reward_model.")

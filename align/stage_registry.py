@@ -26,7 +26,7 @@ class Stage:
     resumable: bool = True     # --resume_from_checkpoint continues from the output folder's checkpoints
     distributed: bool = True   # planned, validated and launched on a cluster (`clinalign launch`)
     round_policy: bool = False  # may be a round's policy stage (`policy_stage` in round.yaml)
-    algorithm: str | None = None  # for the stages sharing one recipe (align.online_rl): its algorithm
+    algorithm: str | None = None  # for the stages sharing one recipe (align.recipes.online_rl): its algorithm
 
     def parse(self, config_path: str | None, overrides: dict[str, Any] | None = None) -> Any:
         fn = load(self.parser)
@@ -39,14 +39,14 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("sft", ("sft",), "align.sft:parse", "trl:SFTConfig", distributed=False),
+    Stage("sft", ("sft",), "align.recipes.sft:parse", "trl:SFTConfig", distributed=False),
     Stage("reward", ("reward", "train"), "reward_models.train:parse_config", "trl:RewardConfig",
           sequences_per_example=2, head="score"),
-    Stage("dpo", ("dpo",), "align.dpo:parse", "trl:DPOConfig", sequences_per_example=2, round_policy=True),
-    Stage("ppo", ("ppo",), "align.ppo.ppo_config:parse_ppo_config", "align.ppo.ppo_config:PPOConfig",
+    Stage("dpo", ("dpo",), "align.recipes.dpo:parse", "trl:DPOConfig", sequences_per_example=2, round_policy=True),
+    Stage("ppo", ("ppo",), "align.recipes.ppo.ppo_config:parse_ppo_config", "align.recipes.ppo.ppo_config:PPOConfig",
           online=True, round_policy=True),
-    Stage("grpo", ("grpo",), "align.online_rl:parse", "trl:GRPOConfig", online=True, algorithm="grpo"),
-    Stage("rloo", ("rloo",), "align.online_rl:parse", "trl:RLOOConfig", online=True, algorithm="rloo"),
+    Stage("grpo", ("grpo",), "align.recipes.online_rl:parse", "trl:GRPOConfig", online=True, algorithm="grpo"),
+    Stage("rloo", ("rloo",), "align.recipes.online_rl:parse", "trl:RLOOConfig", online=True, algorithm="rloo"),
 )}
 
 

@@ -8,7 +8,7 @@ Both sides train the same SmolLM2-135M-Instruct + LoRA (r16, all linear layers),
 - plain: a TRL script that sets only those experiment-defining values and leaves every other field at
   TRL's default (bf16 autocast on, gradient checkpointing on, reference forward every step);
 - plain_no_gc: the same with gradient checkpointing off (the strongest plain baseline on a CPU);
-- clinalign: `align.dpo.train_from_yaml(configs/demo/dpo.yaml)` (bf16 only where the CPU has
+- clinalign: `align.recipes.dpo.train_from_yaml(configs/demo/dpo.yaml)` (bf16 only where the CPU has
   AVX512-BF16/AMX, reference log-probs computed once with the adapter off, no checkpointing);
 - clinalign_fp32: the same in float32 (does bf16 autocast pay on this CPU?).
 Each run is a fresh process; the order alternates (reversed every other round). The clock is TRL's
@@ -38,7 +38,7 @@ from datasets import Dataset
 from peft import LoraConfig
 from transformers import AutoModelForCausalLM, AutoTokenizer
 from trl import DPOConfig, DPOTrainer
-from align.dpo import to_conversational
+from align.recipes.dpo import to_conversational
 from align.models import resolve_model
 from annotation.preferences import load_preference_rows
 cfg = json.loads(sys.argv[1])
@@ -58,7 +58,7 @@ print(json.dumps({"runtime": m["train_runtime"], "loss": m["train_loss"], "steps
 
 CLINALIGN = """
 import json, resource, sys
-from align.dpo import train_from_yaml
+from align.recipes.dpo import train_from_yaml
 from annotation.manifest import read_manifest
 cfg = json.loads(sys.argv[1])
 over = dict(cfg["common"], **cfg["extra"], dataset_path=cfg["data"], max_train_samples=cfg["pairs"], max_steps=cfg["steps"],

@@ -32,8 +32,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 # ------------------------------------------------------------------------------------------ workers
 def worker_ppo(a, tmp: Path) -> dict:
-    from align.ppo.ppo_config import PPOConfig
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_config import PPOConfig
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     args = PPOConfig(output_dir=str(tmp / "ppo"), model_name_or_path=a.policy, reward_model_path=a.reward,
                      allow_untrained_reward=True, per_device_train_batch_size=a.batch, num_mini_batches=1,
@@ -60,8 +60,8 @@ def worker_grpo(a, tmp: Path) -> dict:
     from trl import GRPOConfig, GRPOTrainer
 
     from align.models import load_causal_lm, load_tokenizer
-    from align.online_rl import scorer_reward_func
-    from align.ppo.rollout import make_reward_source
+    from align.recipes.online_rl import scorer_reward_func
+    from align.recipes.ppo.rollout import make_reward_source
 
     gens = 4
     args = GRPOConfig(output_dir=str(tmp / "grpo"), per_device_train_batch_size=a.batch, num_generations=gens,

@@ -71,8 +71,8 @@ def make_reward_model(folder: Path) -> None:
 
 # ------------------------------------------------------------------------------------------ workers
 def worker_clinalign(a, reward: str, tmp: Path) -> dict:
-    from align.ppo.ppo_config import PPOConfig
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_config import PPOConfig
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     args = PPOConfig(output_dir=str(tmp / "ppo"), model_name_or_path=POLICY, reward_model_path=reward,
                      allow_untrained_reward=True, per_device_train_batch_size=a.batch, num_mini_batches=1,

@@ -26,7 +26,7 @@ def _parse_round(path: Path, overrides: dict):
 
 
 def _parse_deepspeed(path: Path, overrides: dict):
-    from align.deepspeed_config import validate_json
+    from align.distributed.ds_config import validate_json
 
     return validate_json(path, world_size=8)
 
@@ -86,11 +86,11 @@ def test_the_parsers_refuse_a_misspelt_key(tmp_path, monkeypatch):
 
 
 def _own_dataclasses():
-    from align.dpo import DPOScriptArguments
-    from align.online_rl import TRLOnlineScriptArguments
-    from align.ppo.ppo_config import OnlineRLScriptArguments, PolicyModelArguments, PPOConfig
+    from align.recipes.dpo import DPOScriptArguments
+    from align.recipes.online_rl import TRLOnlineScriptArguments
+    from align.recipes.ppo.ppo_config import OnlineRLScriptArguments, PolicyModelArguments, PPOConfig
+    from align.recipes.sft import SFTScriptArguments
     from align.round_config import RoundConfig
-    from align.sft import SFTScriptArguments
     from reward_models.train import RewardScriptArguments
 
     return (DPOScriptArguments, SFTScriptArguments, RewardScriptArguments, OnlineRLScriptArguments,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from align.recipe_utils import key_value_args
+from align.recipes.recipe_utils import key_value_args
 from clinalign_base.errors import InputError
 
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from align import deepspeed_config as dc
-from align.launch import (
+from align.distributed import ds_config as dc
+from align.distributed.launch import (
     LaunchRequest,
     build_command,
     check_gpus,
@@ -87,7 +87,7 @@ def test_stage_yaml_keys_belong_to_the_recipe_dataclasses(path):
     from trl import DPOConfig, ModelConfig, RewardConfig
 
     if path.stem == "dpo":
-        from align.dpo import DPOScriptArguments as Script
+        from align.recipes.dpo import DPOScriptArguments as Script
 
         classes = (Script, DPOConfig, ModelConfig)
     else:

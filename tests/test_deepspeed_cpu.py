@@ -152,9 +152,9 @@ def test_checkpoint_consolidate_and_resume(tmp_path):
 
 
 def test_lead_dpo_recipe_under_zero3(tmp_path):
-    """`align.dpo.train_from_yaml` (the shipped demo recipe) with the shipped ZeRO-3 config."""
+    """`align.recipes.dpo.train_from_yaml` (the shipped demo recipe) with the shipped ZeRO-3 config."""
     if not (REPO / "align" / "dpo.py").is_file():
-        pytest.skip("align/dpo.py not there yet")
+        pytest.skip("align/recipes/dpo.py not there yet")
     (res,) = run_worker(tmp_path, "--task", "recipe", "--zero", "3", "--steps", "2")
     _assert_deepspeed(res, 3)
     assert res["global_step"] == 2
@@ -249,7 +249,7 @@ def _multi_rank_cpu_state() -> dict:
 
 
 def _common_args(cli, out: Path) -> dict:
-    from align.deepspeed_config import load_ds_json
+    from align.distributed.ds_config import load_ds_json
 
     return _multi_rank_cpu_state() | dict(output_dir=str(out / "run"), deepspeed=load_ds_json(DS_DIR / f"zero{cli.zero}.json"),
                 bf16=False, use_cpu=False, per_device_train_batch_size=2, gradient_accumulation_steps=1,
@@ -302,7 +302,7 @@ def _worker_recipe(cli, out: Path):
     """The lead's recipe; its DPOTrainer is captured to inspect the engine it trained."""
     import trl
 
-    from align.dpo import train_from_yaml
+    from align.recipes.dpo import train_from_yaml
 
     data = out / "pairs.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in ROWS))

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from align import deepspeed_plan as dp
+from align.distributed import plan as dp
 from clinalign_base.errors import ClinalignError
 
 REPO = Path(__file__).resolve().parents[1]

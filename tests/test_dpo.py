@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from align.dpo import train_from_yaml
+from align.recipes.dpo import train_from_yaml
 from clinalign_base.manifest import read_manifest
 
 COMMON = {"model_name_or_path": "builtin:tiny-llama", "per_device_train_batch_size": 2, "max_length": 64,
@@ -58,7 +58,7 @@ def test_lora_top_layers_adapts_only_the_top_share_of_decoder_layers():
 
     from peft import LoraConfig
 
-    from align.dpo import top_layers_only
+    from align.recipes.dpo import top_layers_only
     from clinalign_base.errors import InputError
 
     model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=30))

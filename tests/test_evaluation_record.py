@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from align.evaluation.promote import decide, read_eval
 from align.evaluation.record import SCHEMA, EvaluationRecord, read_record, record_from_json
 from align.evaluation.winrate import judged_win_rate
 from align.generate import Sample
-from align.promote import decide, read_eval
 from align.prompts import Prompt
 from clinalign_base.errors import InputError
 from clinalign_base.manifest import build_manifest
@@ -122,7 +122,7 @@ def test_winrate_output_feeds_eval_and_promote(tmp_path):
 
 
 def test_the_model_card_reads_the_record(tmp_path):
-    from align.model_card import render_card
+    from align.evaluation.model_card import render_card
     from tests.test_model_card import make_round
 
     run = make_round(tmp_path)

@@ -65,9 +65,9 @@ ZERO3_STEP = """
     from datasets import Dataset
     from transformers import LlamaConfig, LlamaForCausalLM
     from trl import DPOConfig, DPOTrainer
-    from align.deepspeed_config import load_ds_json
+    from align.distributed.ds_config import load_ds_json
     from align.models import TINY_LLAMA, load_tokenizer
-    from align.deepspeed_plan import Architecture, Workload, Option, plan_row
+    from align.distributed.plan import Architecture, Workload, Option, plan_row
 
     out = Path(sys.argv[1])
     ds = load_ds_json("configs/deepspeed/zero3.json")
@@ -91,7 +91,7 @@ ZERO3_STEP = """
     elapsed = time.perf_counter() - t
     world = torch.distributed.get_world_size()
     w = Workload(model="x", stage="dpo", gpus=world, lora=False, micro_batch=1, seq_len=512)
-    import align.deepspeed_plan as dp
+    import align.distributed.plan as dp
     dp.KNOWN_MODELS["x"] = arch
     row = plan_row(w, Option(3, False, False, ""))
     res = {"engine": type(trainer.model_wrapped).__name__,

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from align.lineage import ALTERED, CHANGED, MISSING, OK, check, problems, trace
+from align.evaluation.lineage import ALTERED, CHANGED, MISSING, OK, check, problems, trace
 from clinalign_base.errors import ClinalignError
 from clinalign_base.manifest import build_manifest, ref, write_manifest
 

@@ -8,8 +8,7 @@ import math
 import pytest
 import torch
 
-from align.evaluation.pubmedqa_paired import paired_alignment_tax, run_alignment_tax
-from align.medical_eval import (
+from align.evaluation.pubmedqa import (
     LABELS,
     answer_ids,
     answer_texts,
@@ -20,6 +19,7 @@ from align.medical_eval import (
     load_items,
     result_cache_key,
 )
+from align.evaluation.pubmedqa_paired import paired_alignment_tax, run_alignment_tax
 from align.models import TINY_LLAMA, load_causal_lm, load_tokenizer, resolve_model
 from clinalign_base.errors import InputError
 
@@ -67,7 +67,7 @@ def test_batched_padded_scores_match_unpadded_reference(tiny):
 
 def reference_label_scores(model, tok, item, *, chat: bool = True) -> list[float]:
     """Independent reference: per label, log(sum over its case variants of p(variant | prompt))."""
-    import align.medical_eval as me  # looked up at call time: a test may patch the variants
+    import align.evaluation.pubmedqa as me  # looked up at call time: a test may patch the variants
 
     prompt = build_prompt(tok, item, chat=chat)
     ids = tok(prompt)["input_ids"]
@@ -97,7 +97,7 @@ def test_answer_score_is_logsumexp_of_both_cases(tiny, tmp_path):
 
 
 def test_multi_token_variants_use_the_full_path(tiny, tmp_path, monkeypatch):
-    import align.medical_eval as me
+    import align.evaluation.pubmedqa as me
 
     model, tok = tiny
     monkeypatch.setattr(me, "case_variants", lambda label: (label, f"{label.capitalize()} indeed"))

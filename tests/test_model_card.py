@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from align.model_card import ME_LLAMA_NOTE, render_card
+from align.evaluation.model_card import ME_LLAMA_NOTE, render_card
 from clinalign_base.errors import InputError
 from clinalign_base.manifest import build_manifest, ref, write_manifest
 

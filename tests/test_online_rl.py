@@ -58,7 +58,7 @@ def write_config(tmp_path: Path, algorithm: str, rm: Path, **extra) -> Path:
 def test_trl_online_rl_trains_with_the_reward_model(tmp_path, rm_dir, algorithm, reward_via):
     from safetensors.torch import load_file
 
-    from align.online_rl import train_from_yaml
+    from align.recipes.online_rl import train_from_yaml
     from clinalign_base.manifest import read_manifest
 
     cfg = write_config(tmp_path, algorithm, rm_dir, reward_via=reward_via)
@@ -82,8 +82,8 @@ def test_scorer_route_gives_the_same_scores_as_ppo(rm_dir):
     """GRPO/RLOO's reward function is the PPO reward source: identical numbers for identical text."""
     from types import SimpleNamespace
 
-    from align.online_rl import scorer_reward_func
-    from align.ppo.rollout import make_reward_source
+    from align.recipes.online_rl import scorer_reward_func
+    from align.recipes.ppo.rollout import make_reward_source
 
     args = SimpleNamespace(reward_function=None, reward_model_path=str(rm_dir), reward_max_length=None,
                            allow_untrained_reward=True, local_rollout_forward_batch_size=4)
@@ -98,7 +98,7 @@ def test_scorer_route_gives_the_same_scores_as_ppo(rm_dir):
 
 
 def test_batch_not_divisible_by_generations_is_refused(tmp_path, rm_dir):
-    from align.online_rl import train_from_yaml
+    from align.recipes.online_rl import train_from_yaml
 
     cfg = write_config(tmp_path, "grpo", rm_dir, per_device_train_batch_size=3, num_generations=2)
     with pytest.raises(ClinalignError, match="num_generations"):
@@ -107,7 +107,7 @@ def test_batch_not_divisible_by_generations_is_refused(tmp_path, rm_dir):
 
 
 def test_empty_prompts_long_prompts_and_nan_reward_are_refused(tmp_path, rm_dir):
-    from align.online_rl import train_from_yaml
+    from align.recipes.online_rl import train_from_yaml
 
     cfg = write_config(tmp_path, "rloo", rm_dir)
     empty = tmp_path / "empty.jsonl"

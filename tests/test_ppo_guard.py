@@ -1,4 +1,4 @@
-"""Reward-hacking guard (align/ppo/guard.py) and the PPO fixes that came with it (value init, missing EOS).
+"""Reward-hacking guard (align/recipes/ppo/guard.py) and the PPO fixes that came with it (value init, missing EOS).
 
 Unit tests drive `RewardGuard.update` with hand-made statistics; the end-to-end tests run real PPO on
 the random tiny Llama with a reward that pays for length, so the policy learns to stop ending its turn.
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.ppo.guard import (
+from align.recipes.ppo.guard import (
     EOS_RATE_DROP,
     KL_OVER_BUDGET,
     LENGTH_DRIFT,
@@ -23,7 +23,7 @@ from align.ppo.guard import (
     RewardGuard,
     distinct_n,
 )
-from align.ppo.ppo_config import PPOConfig
+from align.recipes.ppo.ppo_config import PPOConfig
 from clinalign_base.errors import ClinalignError
 
 TINY = "builtin:tiny-llama"
@@ -190,8 +190,8 @@ def eos_like_an_instruct_model(trainer, bias: float = 9.0, scale: float = 3.0) -
 
 
 def test_guard_stops_a_length_exploit_in_a_real_ppo_run(tmp_path):
-    from align.model_card import _section_guard
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.evaluation.model_card import _section_guard
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
     from clinalign_base.manifest import read_manifest
 
     # Thresholds sampling noise cannot reach on 16 responses: twice as long, EOS rate down by half.
@@ -223,7 +223,7 @@ def test_guard_stops_a_length_exploit_in_a_real_ppo_run(tmp_path):
 
 
 def test_held_out_judge_flags_divergence_and_flag_mode_continues(tmp_path):
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
     from clinalign_base.manifest import read_manifest
 
     held_out = tmp_path / "held_out.jsonl"
@@ -249,7 +249,7 @@ def test_held_out_judge_flags_divergence_and_flag_mode_continues(tmp_path):
 
 
 def test_judge_settings_are_checked_before_training(tmp_path):
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     with pytest.raises(ClinalignError, match="needs a judge"):
         PPOTrainer(tiny_args(tmp_path, guard_judge_every=1), reward_fn=length_reward, prompts=PROMPTS)
@@ -269,8 +269,8 @@ def test_judge_settings_are_checked_before_training(tmp_path):
 
 # ------------------------------------------------------------------------------------------ PPO fixes
 def test_missing_eos_penalty_lowers_the_score_of_unended_responses(tmp_path):
-    from align.ppo.ppo_trainer import PPOTrainer
-    from align.ppo.rollout import apply_penalties
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.rollout import apply_penalties
 
     args = tiny_args(tmp_path, per_device_train_batch_size=8, response_length=8, missing_eos_penalty=2.0)
     unit = apply_penalties(torch.tensor([1.0, 1.0]), torch.tensor([True, False]), torch.tensor([3, 8]), args)
@@ -286,7 +286,7 @@ def test_missing_eos_penalty_lowers_the_score_of_unended_responses(tmp_path):
 
 
 def _constant_reward_run(tmp_path: Path, init: bool) -> list[dict]:
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     args = tiny_args(tmp_path / str(init), per_device_train_batch_size=4, response_length=6, max_steps=2,
                      learning_rate=1e-3, kl_coef=0.05, init_value_from_returns=init)
@@ -310,7 +310,7 @@ def test_critic_starts_at_the_first_batch_return_not_at_zero(tmp_path):
 
 
 def test_model_card_lists_guard_flags_only_when_recorded(tmp_path):
-    from align.model_card import render_card
+    from align.evaluation.model_card import render_card
     from clinalign_base.manifest import read_manifest, write_manifest
     from tests.test_model_card import make_round
 

@@ -3,9 +3,9 @@
 import pytest
 import torch
 
-from align.ppo.gae import compute_gae, explained_variance, masked_mean, masked_whiten
-from align.ppo.kl_controller import AdaptiveKLController, FixedKLController, make_kl_controller
-from align.ppo.rollout import truncate_after_eos
+from align.recipes.ppo.gae import compute_gae, explained_variance, masked_mean, masked_whiten
+from align.recipes.ppo.kl_controller import AdaptiveKLController, FixedKLController, make_kl_controller
+from align.recipes.ppo.rollout import truncate_after_eos
 
 
 def close(actual: torch.Tensor, expected: list) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from align.ppo.ppo_config import PPOConfig
+from align.recipes.ppo.ppo_config import PPOConfig
 from clinalign_base.errors import ClinalignError, InputError
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +40,8 @@ def vowel_reward(prompts, responses):
 def test_lora_reference_is_the_base_model(tmp_path):
     from align.batching import left_pad
     from align.models import load_causal_lm
-    from align.ppo.policy import position_ids_for, reference_mode
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.policy import position_ids_for, reference_mode
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     tr = PPOTrainer(tiny_args(tmp_path), reward_fn=vowel_reward, prompts=PROMPTS)
     assert tr.reference is None  # no second copy of the weights
@@ -69,7 +69,7 @@ def test_lora_reference_is_the_base_model(tmp_path):
 
 
 def test_full_finetuning_keeps_a_frozen_reference(tmp_path):
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     tr = PPOTrainer(tiny_args(tmp_path, use_peft=False), reward_fn=vowel_reward, prompts=PROMPTS)
     assert tr.reference is not None
@@ -85,7 +85,7 @@ def test_full_finetuning_keeps_a_frozen_reference(tmp_path):
 def test_separate_critic_model_trains_and_is_saved(tmp_path):
     from safetensors.torch import load_file
 
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     tr = PPOTrainer(tiny_args(tmp_path, critic="critic_model", max_steps=2, learning_rate=1e-2),
                     reward_fn=vowel_reward, prompts=PROMPTS)
@@ -111,8 +111,8 @@ def test_mean_reward_rises_while_kl_stays_bounded(tmp_path):
     """
     from align.batching import left_pad
     from align.models import load_tokenizer
-    from align.ppo.policy import reference_mode
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.policy import reference_mode
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     tok = load_tokenizer(TINY)
     args = tiny_args(tmp_path, per_device_train_batch_size=8, num_mini_batches=2, max_steps=12,
@@ -164,8 +164,8 @@ CHILD = textwrap.dedent('''
     import torch
     torch.set_num_threads(1)
     import annotation
-    from align.ppo.ppo_config import PPOConfig
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_config import PPOConfig
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     out, hang_at, resume = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "resume"
     calls = {"n": 0}
@@ -239,7 +239,7 @@ def test_sigkill_then_resume_matches_uninterrupted_run(tmp_path):
 
 # ------------------------------------------------------------------------------------------ YAML end to end
 def test_train_from_yaml_with_the_reward_model_writes_everything(tmp_path, repo_root):
-    from align.ppo import train_from_yaml
+    from align.recipes.ppo import train_from_yaml
     from clinalign_base.manifest import read_manifest
 
     prompts = tmp_path / "prompts.jsonl"
@@ -286,7 +286,7 @@ def test_train_from_yaml_with_the_reward_model_writes_everything(tmp_path, repo_
 
 # ------------------------------------------------------------------------------------------ bad input
 def test_prompt_longer_than_the_context_is_refused_before_training(tmp_path):
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     with pytest.raises(InputError, match=r"longer than 5 tokens.*prompts\[1\]"):
         PPOTrainer(tiny_args(tmp_path, max_prompt_length=5), reward_fn=vowel_reward, prompts=PROMPTS)
@@ -297,7 +297,7 @@ def test_prompt_longer_than_the_context_is_refused_before_training(tmp_path):
 
 
 def test_empty_prompt_set_is_refused(tmp_path):
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     empty = tmp_path / "empty.jsonl"
     empty.write_text("\n")
@@ -308,7 +308,7 @@ def test_empty_prompt_set_is_refused(tmp_path):
 
 
 def test_nan_reward_is_refused_before_training(tmp_path):
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     def nan_reward(prompts, responses):
         return [float("nan")] * len(responses)
@@ -319,7 +319,7 @@ def test_nan_reward_is_refused_before_training(tmp_path):
 
 
 def test_batch_sizes_that_do_not_divide_are_refused(tmp_path):
-    from align.ppo import train_from_yaml
+    from align.recipes.ppo import train_from_yaml
 
     with pytest.raises(ClinalignError, match="rollout_batch_size=10"):
         tiny_args(tmp_path, rollout_batch_size=10, per_device_train_batch_size=4, num_mini_batches=2)
@@ -340,8 +340,8 @@ DS_CHILD = textwrap.dedent('''
     torch.set_num_threads(1)
     import annotation
     import deepspeed
-    from align.ppo.ppo_config import PPOConfig
-    from align.ppo.ppo_trainer import PPOTrainer
+    from align.recipes.ppo.ppo_config import PPOConfig
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
 
     out, zero, steps, resume = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "resume"
     args = PPOConfig(output_dir=out, model_name_or_path="builtin:tiny-llama",

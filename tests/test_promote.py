@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from align.promote import decide, read_eval
+from align.evaluation.promote import decide, read_eval
 from clinalign_base.errors import ClinalignError, InputError
 from clinalign_base.manifest import build_manifest
 

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from align.prompts import Prompt
-from align.sft import build_sft_rows, first_sentences, load_sft_rows
+from align.recipes.sft import build_sft_rows, first_sentences, load_sft_rows
 from annotation.records import CandidatePair, Feedback
 from clinalign_base.errors import InputError
 

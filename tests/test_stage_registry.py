@@ -43,7 +43,7 @@ def test_the_checker_sees_a_hard_coded_list(tmp_path):
 
 
 def test_launch_runs_each_distributed_stage_by_its_registered_command():
-    from align.launch import LaunchRequest, build_command
+    from align.distributed.launch import LaunchRequest, build_command
 
     for name in stage_registry.names(distributed=True):
         argv = build_command(LaunchRequest(stage=name, config=f"configs/me-llama-13b/{name}.yaml", launcher="accelerate"))
@@ -53,8 +53,8 @@ def test_launch_runs_each_distributed_stage_by_its_registered_command():
 
 
 def test_unknown_or_unsupported_stages_name_the_known_ones():
-    from align.deepspeed_plan import Workload
-    from align.launch import LaunchRequest, build_command
+    from align.distributed.launch import LaunchRequest, build_command
+    from align.distributed.plan import Workload
 
     with pytest.raises(ClinalignError, match="use one of reward, dpo, ppo, grpo, rloo"):
         build_command(LaunchRequest(stage="sft", config="x.yaml"))

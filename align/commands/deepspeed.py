@@ -28,7 +28,7 @@ def plan_cmd(
     critic: Annotated[str, typer.Option(help="PPO: 'head' (value head on the policy) or 'model'.")] = "head",
 ) -> None:
     """Per-GPU memory of each ZeRO stage ± offload ± LoRA (DeepSpeed's estimators + activations + extra models)."""
-    from align.deepspeed_plan import Workload, plan, render
+    from align.distributed.plan import Workload, plan, render
 
     w = Workload(model=model, stage=stage, gpus=gpus, nodes=nodes, gpu_mem_gb=gpu_mem, cpu_mem_gb=cpu_mem, lora=lora,
                  lora_r=lora_r, micro_batch=micro_batch, seq_len=seq_len, gradient_checkpointing=checkpointing,
@@ -52,7 +52,7 @@ def launch_cmd(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print checks and the command; run nothing.")] = False,
 ) -> None:
     """Check the environment and the configs, then start the stage on every GPU. Extra args go to the stage."""
-    from align.launch import LaunchRequest, launch
+    from align.distributed.launch import LaunchRequest, launch
 
     req = LaunchRequest(stage=stage, config=config, nodes=nodes, gpus_per_node=gpus_per_node, hostfile=hostfile,
                         launcher=launcher, master_addr=master_addr, master_port=master_port, node_rank=node_rank,
@@ -68,7 +68,7 @@ def validate_configs_cmd() -> None:
     from rich.console import Console
     from rich.text import Text
 
-    from align.deepspeed_config import describe, validate_all
+    from align.distributed.ds_config import describe, validate_all
 
     console = Console(markup=False)
     results = validate_all()  # raises ClinalignError on the first invalid one

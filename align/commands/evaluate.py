@@ -32,7 +32,7 @@ def winrate_cmd(
     out: str | None = None,
 ) -> None:
     """Reward-model win-rate of a policy (base + adapter) against a baseline on held-out prompts."""
-    from align.evaluate import win_rate
+    from align.evaluation.rm_winrate import win_rate
     from align.generate import SamplingSetting
     from align.prompts import load_prompts
     from reward_models.scoring import RewardScorer
@@ -70,8 +70,8 @@ def eval_cmd(
                                        "float32 | bfloat16 | float16.")] = "auto",
 ) -> None:
     """PubMedQA yes/no/maybe accuracy (official test split) by answer log-likelihood."""
-    from align.medical_eval import evaluate_pubmedqa
-    from align.recipe_utils import set_threads
+    from align.evaluation.pubmedqa import evaluate_pubmedqa
+    from align.recipes.recipe_utils import set_threads
 
     set_threads(threads)
     wr = _read_winrate(winrate) if winrate else None
@@ -151,7 +151,7 @@ def promote_cmd(
                                              "candidate).")] = None,
 ) -> None:
     """Promote a policy only if its win-rate clears the threshold and PubMedQA accuracy held up."""
-    from align.promote import decide, default_promotion_path, read_eval, write_promotion
+    from align.evaluation.promote import decide, default_promotion_path, read_eval, write_promotion
 
     cand = read_eval(candidate)
     base = read_eval(baseline) if baseline else None

@@ -113,7 +113,7 @@ def card_cmd(
     out: Annotated[Path | None, typer.Option(help="Markdown file (default: RUN_DIR/MODEL_CARD.md).")] = None,
 ) -> None:
     """Generate the round's Markdown model card from its manifests."""
-    from align.model_card import write_card
+    from align.evaluation.model_card import write_card
 
     console.print(f"model card written to {write_card(run_dir, out)}")
 
@@ -123,6 +123,6 @@ def lineage_cmd(
     path: Annotated[Path, typer.Argument(help="Checkpoint / artefact folder, a round folder, or a manifest.")],
 ) -> None:
     """Print the chain from an artefact back to the annotations; exit non-zero if an input is missing or altered."""
-    from align.lineage import check
+    from align.evaluation.lineage import check
 
     check(path, console=console)

@@ -20,7 +20,7 @@ def sft_cmd(ctx: typer.Context,
             config: Annotated[str, typer.Option(help="TRL-native YAML (SFTConfig + ModelConfig keys).")]) -> None:
     """SFT (TRL SFTTrainer, LoRA) on experts' answers and clinicians' corrections. Extra --key value pairs
     override the YAML."""
-    from align.sft import train_from_yaml
+    from align.recipes.sft import train_from_yaml
 
     out = train_from_yaml(config, extra_args=list(ctx.args))
     console.print(f"SFT adapter written to {out}")
@@ -30,7 +30,7 @@ def sft_cmd(ctx: typer.Context,
 def dpo_cmd(ctx: typer.Context,
             config: Annotated[str, typer.Option(help="TRL-native YAML (DPOConfig + ModelConfig keys).")]) -> None:
     """DPO fine-tuning (TRL DPOTrainer, LoRA) on a preference dataset. Extra --key value pairs override the YAML."""
-    from align.dpo import train_from_yaml
+    from align.recipes.dpo import train_from_yaml
 
     out = train_from_yaml(config, extra_args=list(ctx.args))
     console.print(f"policy adapter written to {out}")
@@ -39,7 +39,7 @@ def dpo_cmd(ctx: typer.Context,
 @app.command("ppo", context_settings=EXTRA)
 def ppo_cmd(ctx: typer.Context, config: Config) -> None:
     """PPO against the clinicians' reward model (LoRA policy, reference = adapter off). Resumable."""
-    from align.ppo.ppo_trainer import train_from_yaml
+    from align.recipes.ppo.ppo_trainer import train_from_yaml
 
     out = train_from_yaml(config, extra_args=list(ctx.args))
     console.print(f"PPO policy, value head, metrics and reward/KL curves written to {out}")
@@ -48,7 +48,7 @@ def ppo_cmd(ctx: typer.Context, config: Config) -> None:
 @app.command("grpo", context_settings=EXTRA)
 def grpo_cmd(ctx: typer.Context, config: Config) -> None:
     """GRPO (TRL GRPOTrainer) with the same reward model and config conventions as `clinalign ppo`."""
-    from align.online_rl import train_from_yaml
+    from align.recipes.online_rl import train_from_yaml
 
     out = train_from_yaml("grpo", config, extra_args=list(ctx.args))
     console.print(f"GRPO policy and metrics written to {out}")
@@ -57,7 +57,7 @@ def grpo_cmd(ctx: typer.Context, config: Config) -> None:
 @app.command("rloo", context_settings=EXTRA)
 def rloo_cmd(ctx: typer.Context, config: Config) -> None:
     """RLOO (TRL RLOOTrainer) with the same reward model and config conventions as `clinalign ppo`."""
-    from align.online_rl import train_from_yaml
+    from align.recipes.online_rl import train_from_yaml
 
     out = train_from_yaml("rloo", config, extra_args=list(ctx.args))
     console.print(f"RLOO policy and metrics written to {out}")

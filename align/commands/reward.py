@@ -23,7 +23,7 @@ def _parse_sets(sets: list[str] | None, extra: list[str]) -> dict:
 
     import yaml
 
-    from align.recipe_utils import key_value_args
+    from align.recipes.recipe_utils import key_value_args
 
     out: dict = {}
     for item in sets or []:

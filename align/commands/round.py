@@ -33,7 +33,7 @@ def demo_cmd(
     """One full round on CPU: MedQuAD/K-QA prompts → pairs → simulated feedback → reward model → DPO → eval.
 
     Any round.yaml key can be overridden with a trailing --key value (e.g. --test_prompts 48)."""
-    from align.recipe_utils import key_value_args
+    from align.recipes.recipe_utils import key_value_args
 
     overrides = key_value_args(list(ctx.args), typed=True)
     overrides |= {k: v for k, v in {"output_dir": output_dir, "policy_stage": policy_stage}.items() if v}

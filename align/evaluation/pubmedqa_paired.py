@@ -60,7 +60,7 @@ def _check_same_items(before: Sequence[dict], after: Sequence[dict]) -> list[str
 
 
 def _summary(result: dict, preds: Sequence[dict]) -> dict[str, Any]:
-    from align.medical_eval import LABELS
+    from align.evaluation.pubmedqa import LABELS
 
     acc = sum(p["pred"] == p["gold"] for p in preds) / len(preds)
     return {"accuracy": acc, "accuracy_ci95": result.get("accuracy_ci95"),
@@ -74,7 +74,7 @@ def run_alignment_tax(base_spec: str, *, policy_spec: str | None = None, adapter
     """Score the base (cached by weight hash) and the policy = policy_spec (default base_spec) + adapter
     (optional, merged), then the paired test. The policy's own base may be another folder than base_spec
     (an SFT-merged model under a DPO LoRA), so the two are named separately."""
-    from align.medical_eval import evaluate_pubmedqa_cached
+    from align.evaluation.pubmedqa import evaluate_pubmedqa_cached
 
     if adapter is None and (policy_spec is None or policy_spec == base_spec):
         raise InputError("nothing to compare: give an adapter and/or a policy_spec other than the base")

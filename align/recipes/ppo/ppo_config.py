@@ -112,7 +112,7 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
                 "zero-initialised value head) instead of 0. cliprange_value is in reward units, so a critic "
                 "starting at 0 moves at most about cliprange_value per update towards returns of, say, 5."})
 
-    # Reward-hacking guard (align/ppo/guard.py): checked after every update, recorded in metrics.jsonl.
+    # Reward-hacking guard (align/recipes/ppo/guard.py): checked after every update, recorded in metrics.jsonl.
     guard_kl_budget: float | None = field(default=None, metadata={
         "help": "Flag kl_over_budget when the mean KL to the reference (nats per response, as objective/kl) "
                 "exceeds this; None: off."})
@@ -193,7 +193,7 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
         self.guard_config()  # bad guard settings fail here too
 
     def guard_config(self):
-        from align.ppo.guard import GuardConfig
+        from align.recipes.ppo.guard import GuardConfig
 
         return GuardConfig.from_args(self)
 
@@ -208,7 +208,7 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
 def parse_ppo_config(config_path: str | None, overrides: dict | None = None,
                      extra_args: list[str] | None = None) -> PPOConfig:
     """YAML (keys = PPOConfig fields, TRL's `env:` block allowed) + overrides, via trl.TrlParser."""
-    from align.recipe_utils import parse_recipe_config
+    from align.recipes.recipe_utils import parse_recipe_config
 
     (args,) = parse_recipe_config((PPOConfig,), config_path, overrides, extra_args)
     return args

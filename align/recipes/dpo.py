@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from align.models import load_tokenizer, resolve_model
-from align.recipe_utils import (
+from align.recipes.recipe_utils import (
     keep_bf16_where_it_pays,
     last_metrics,
     model_ref,

@@ -21,7 +21,7 @@ from typing import Any
 
 from align.models import load_tokenizer, resolve_model
 from align.prompts import Prompt
-from align.recipe_utils import last_metrics, model_ref, parse_recipe_config, set_threads
+from align.recipes.recipe_utils import last_metrics, model_ref, parse_recipe_config, set_threads
 from annotation.records import CandidatePair, Feedback
 from clinalign_base.errors import InputError
 from clinalign_base.jsonl import read_jsonl

@@ -3,7 +3,7 @@ every input on the way, and say which ones are missing or no longer what was rec
 
 Hash conventions found in manifests (all re-checked the same way they were made):
 - `path_sha256` of a file or folder (clinalign_base.manifest.ref): the default;
-- a base model by its `config.json` hash (align.recipe_utils.model_ref), or `config-only:<sha>` over
+- a base model by its `config.json` hash (align.recipes.recipe_utils.model_ref), or `config-only:<sha>` over
   its config files (PPO): weights of a 70B model are never re-read;
 - the feedback store by a digest of its pairs and feedback (align.stages): a live store that has
   gained feedback since the export reads as "changed" (a warning, not tampering);

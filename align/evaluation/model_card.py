@@ -210,7 +210,7 @@ def _section_eval(round_m: dict, ev: dict[str, Any]) -> list[str]:
         lines.append(f"| RM mean reward | {_fmt(get('mean_reward_base'))} | {_fmt(get('mean_reward_policy'))} |")
         lines.append(f"| RM win-rate vs base (n={_fmt(get('n_prompts'))} prompts) | 0.5 by definition | "
                      f"{_fmt(get('win_rate'))} (95% CI {_fmt(get('win_rate_ci95'))}) |")
-    from align.medical_eval import ANCHORS
+    from align.evaluation.pubmedqa import ANCHORS
 
     lines += ["", "Anchors (zero-shot PubMedQA, npj Digit. Med. 2025): " +
               ", ".join(f"{k} {v:.3f}" for k, v in ANCHORS.items()) + ".", ""]
@@ -222,7 +222,7 @@ def _section_eval(round_m: dict, ev: dict[str, Any]) -> list[str]:
 
 
 def _section_guard(artefacts: dict) -> list[str]:
-    """The reward-hacking guard's record (align/ppo/guard.py) of each artefact that has one; else nothing."""
+    """The reward-hacking guard's record (align/recipes/ppo/guard.py) of each artefact that has one; else nothing."""
     lines: list[str] = []
     for role, m in sorted(artefacts.items()):
         guard = (m.get("annotations") or {}).get("guard")

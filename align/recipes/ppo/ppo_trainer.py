@@ -21,20 +21,26 @@ from pathlib import Path
 import torch
 
 from align.batching import left_pad
-from align.ppo.gae import compute_gae, explained_variance, masked_mean, masked_whiten
-from align.ppo.guard import GuardStats, RewardGuard, distinct_n
-from align.ppo.kl_controller import make_kl_controller
-from align.ppo.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves
-from align.ppo.policy import (
+from align.recipes.ppo.gae import compute_gae, explained_variance, masked_mean, masked_whiten
+from align.recipes.ppo.guard import GuardStats, RewardGuard, distinct_n
+from align.recipes.ppo.kl_controller import make_kl_controller
+from align.recipes.ppo.metrics import CURVES_NAME, METRICS_NAME, MetricsLog, plot_curves
+from align.recipes.ppo.policy import (
     PolicyWithValue,
     build_policy,
     entropy_from_logits,
     logprobs_from_logits,
     reference_mode,
 )
-from align.ppo.ppo_config import PPOConfig
-from align.ppo.prompts import Prompt, context_length, encode_prompts, load_prompt_set, resolve_prompts_path
-from align.ppo.rollout import (
+from align.recipes.ppo.ppo_config import PPOConfig
+from align.recipes.ppo.prompts import (
+    Prompt,
+    context_length,
+    encode_prompts,
+    load_prompt_set,
+    resolve_prompts_path,
+)
+from align.recipes.ppo.rollout import (
     RewardFn,
     RewardSource,
     RolloutBatch,
@@ -72,7 +78,7 @@ class PPOTrainer:
         from accelerate.utils import set_seed
 
         from align.models import eos_token_ids, generation_eos, load_causal_lm, load_tokenizer
-        from align.recipe_utils import set_threads
+        from align.recipes.recipe_utils import set_threads
 
         set_threads(args.num_threads)
         self.args, self.config_path = args, config_path
@@ -302,7 +308,7 @@ class PPOTrainer:
             if self.reference is None:
                 ref_logits, _ = self.model(ids, attn, ctx, with_values=False)
             else:
-                from align.ppo.policy import decoder_hidden, response_logits
+                from align.recipes.ppo.policy import decoder_hidden, response_logits
 
                 ref_model = ref.module if hasattr(ref, "module") else ref
                 ref_logits = response_logits(ref_model, decoder_hidden(ref, ids, attn), ctx)
@@ -599,7 +605,7 @@ class PPOTrainer:
         last = rows[-1] if rows else {}
         first = rows[0] if rows else {}
         from align.models import resolve_model
-        from align.recipe_utils import model_ref
+        from align.recipes.recipe_utils import model_ref
 
         inputs = [input_ref("prompts", self.prompts_source)]
         inputs.append(model_ref(self.args.model_name_or_path, resolve_model(self.args.model_name_or_path)))
@@ -619,7 +625,7 @@ class PPOTrainer:
         manifest = build_manifest(
             "policy_adapter" if self.args.use_peft else "policy", self.output_dir.name, inputs=inputs, outputs=outputs, metrics=metrics,
             config=json.loads(self.args.to_json_string()),
-            annotations={"trainer": "clinalign.ppo", "peft": bool(self.args.use_peft), "critic": self.args.critic,
+            annotations={"trainer": "clinalign.recipes.ppo", "peft": bool(self.args.use_peft), "critic": self.args.critic,
                          "reward": self.reward.name, "value_offset": self.value_offset,
                          "guard": {**self.guard.summary(), "judge": self.judge.name if self.judge else None}})
         write_manifest(self.output_dir, manifest)
@@ -658,7 +664,7 @@ def _flat_config(args) -> dict:
 
 def train_from_yaml(path: str | None, overrides: dict | None = None, extra_args: list[str] | None = None) -> Path:
     """`clinalign ppo --config path [--key value ...]`: parse with TrlParser, train, return output_dir."""
-    from align.ppo.ppo_config import parse_ppo_config
+    from align.recipes.ppo.ppo_config import parse_ppo_config
 
     args = parse_ppo_config(path, overrides, extra_args)
     return PPOTrainer(args, config_path=path).train()

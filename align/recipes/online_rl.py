@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from align.ppo.ppo_config import OnlineRLScriptArguments
+from align.recipes.ppo.ppo_config import OnlineRLScriptArguments
 from clinalign_base.errors import ClinalignError
 
 
@@ -42,7 +42,7 @@ def _trl_classes(algorithm: str):
     from align import stage_registry
 
     stage = stage_registry.get(algorithm, online=True)
-    if stage.algorithm is None:  # PPO is our own trainer (align.ppo), not a TRL online trainer
+    if stage.algorithm is None:  # PPO is our own trainer (align.recipes.ppo), not a TRL online trainer
         raise ClinalignError(f"'{algorithm}' is not a TRL online-RL algorithm; use `clinalign {algorithm}`")
     return stage.training_arguments_class(), getattr(trl, f"{algorithm.upper()}Trainer")
 
@@ -51,7 +51,7 @@ def parse(algorithm: str, config_path: str | None, overrides: dict[str, Any] | N
           extra_args: list[str] | None = None):
     from trl import ModelConfig
 
-    from align.recipe_utils import parse_recipe_config
+    from align.recipes.recipe_utils import parse_recipe_config
 
     config_cls, _ = _trl_classes(algorithm)
     return parse_recipe_config((TRLOnlineScriptArguments, config_cls, ModelConfig), config_path, overrides,
@@ -83,7 +83,7 @@ def _check_batches(training_args, n_prompts: int) -> None:
 
 def _prompt_rows(script_args, tokenizer, max_completion_length: int, model_config, conversational: bool):
     from align.models import chat_prompt
-    from align.ppo.prompts import context_length, encode_prompts, load_prompt_set
+    from align.recipes.ppo.prompts import context_length, encode_prompts, load_prompt_set
 
     prompts = load_prompt_set(script_args.prompts_path, script_args.max_train_samples)
     encode_prompts(prompts, tokenizer, max_prompt_length=script_args.max_prompt_length,
@@ -133,8 +133,8 @@ def train(algorithm: str, script_args, training_args, model_args, *, config_path
     from trl import get_peft_config
 
     from align.models import load_causal_lm, load_tokenizer, resolve_model
-    from align.ppo.rollout import make_reward_source, preflight_reward
-    from align.recipe_utils import set_threads
+    from align.recipes.ppo.rollout import make_reward_source, preflight_reward
+    from align.recipes.recipe_utils import set_threads
 
     set_threads(script_args.num_threads)
     _, trainer_cls = _trl_classes(algorithm)
@@ -175,10 +175,10 @@ def train(algorithm: str, script_args, training_args, model_args, *, config_path
 def _write_outputs(algorithm, out: Path, history, script_args, training_args, model_args, spec, reward_name,
                    config_path) -> None:
     from align.models import resolve_model
-    from align.ppo.metrics import METRICS_NAME, plot_curves
-    from align.ppo.ppo_trainer import input_ref
-    from align.ppo.prompts import resolve_prompts_path
-    from align.recipe_utils import last_metrics, model_ref
+    from align.recipes.ppo.metrics import METRICS_NAME, plot_curves
+    from align.recipes.ppo.ppo_trainer import input_ref
+    from align.recipes.ppo.prompts import resolve_prompts_path
+    from align.recipes.recipe_utils import last_metrics, model_ref
     from clinalign_base.manifest import build_manifest, write_manifest
 
     rows = [{"step": h["step"], **{k: v for k, v in h.items() if isinstance(v, (int, float))}}

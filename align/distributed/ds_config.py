@@ -28,7 +28,7 @@ import yaml
 from clinalign_base.errors import ClinalignError, InputError
 from clinalign_base.mapping_files import read_json_object, read_yaml_mapping
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+REPO_ROOT = Path(__file__).resolve().parents[2]
 DS_CONFIG_DIR = REPO_ROOT / "configs" / "deepspeed"
 MODEL_CONFIG_DIRS = ("me-llama-13b", "me-llama-70b")
 STANDALONE_WORLD_SIZES = (1, 8, 64)
@@ -210,7 +210,7 @@ def deepspeed_config(filled: dict[str, Any], world_size: int, *, source: str = "
 
 def hidden_size_for(model_path: str | None, config_path: str | Path) -> int:
     """From the model's config.json when it is here; else from the Me LLaMA name in the paths."""
-    from align.deepspeed_plan import KNOWN_MODELS
+    from align.distributed.plan import KNOWN_MODELS
 
     if model_path and (Path(model_path).expanduser() / "config.json").is_file():
         return int(json.loads((Path(model_path).expanduser() / "config.json").read_text())["hidden_size"])

@@ -52,7 +52,7 @@ class Item:
 
 def default_data_path() -> Path:
     """The copy shipped in the repo (data/pubmedqa), found from the package or the working folder."""
-    repo = Path(__file__).resolve().parents[1] / "data" / "pubmedqa" / DATA_NAME
+    repo = Path(__file__).resolve().parents[2] / "data" / "pubmedqa" / DATA_NAME
     for candidate in (repo, Path("data/pubmedqa") / DATA_NAME):
         if candidate.is_file():
             return candidate

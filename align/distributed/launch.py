@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from align import stage_registry
-from align.deepspeed_config import REPO_ROOT, validate_stage
+from align.distributed.ds_config import REPO_ROOT, validate_stage
 from clinalign_base.errors import ClinalignError, InputError
 
 LAUNCHERS = ("accelerate", "deepspeed")

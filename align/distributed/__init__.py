@@ -1,0 +1,1 @@
+"""Running on GPU clusters: the DeepSpeed memory planner, config validation at a world size, launch."""

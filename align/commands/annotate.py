@@ -14,11 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from align.cli_groups import Store, annotate_app
-from align.progress import console
 from clinalign_base.atomic import write_json_atomic
 from clinalign_base.errors import ClinalignError, InputError
 
-out = Console(markup=False)  # results on stdout (plain text: names come from users and the server)
+stdout = Console(markup=False)  # results on stdout (plain text: names come from users and the server)
 
 
 DataDir = Annotated[str | None, typer.Option("--data-dir", help="Stack data dir (default $CLINALIGN_ARGILLA_HOME "
@@ -40,7 +39,7 @@ def import_cmd(file: Annotated[str, typer.Argument(help="Feedback JSONL: pair_id
         new, dup = import_feedback(s, file)
     finally:
         s.close()
-    console.print(f"imported {new} feedback records into {store} ({dup} already stored)")
+    stdout.print(f"imported {new} feedback records into {store} ({dup} already stored)")
 
 
 @annotate_app.command("import-pairs")
@@ -57,7 +56,7 @@ def import_pairs_cmd(file: Annotated[str, typer.Argument(help="Pairs JSONL: prom
         new = s.add_pairs(pairs)
     finally:
         s.close()
-    console.print(f"imported {new} new pairs into {store} ({len(pairs) - new} already stored)")
+    stdout.print(f"imported {new} new pairs into {store} ({len(pairs) - new} already stored)")
 
 
 # -- annotate push -----------------------------------------------------------------------------
@@ -91,7 +90,7 @@ def push_cmd(
         counts = target.counts()
     finally:
         target.close()
-    out.print(f"pushed {new} new pairs to '{dataset}' ({len(items) - new} already there); "
+    stdout.print(f"pushed {new} new pairs to '{dataset}' ({len(items) - new} already there); "
               f"the dataset now holds {counts['pairs']} pairs, {counts['records_completed']} completed")
 
 
@@ -137,11 +136,11 @@ def users_cmd(
         table.add_column(col)
     for r in results:
         table.add_row(r.username, r.role, ", ".join(r.workspaces), "created" if r.created else "existed")
-    out.print(table)
+    stdout.print(table)
     secrets_rows = [{"username": r.username, "password": r.password, "api_key": r.api_key}
                     for r in results if r.created]
     if secrets_rows:
-        out.print("Credentials, shown once (give each clinician their own; clinalign keeps no copy):", style="bold")
+        stdout.print("Credentials, shown once (give each clinician their own; clinalign keeps no copy):", style="bold")
         for row in secrets_rows:
             pw = row["password"] or "(from the environment)"
             print(f"  {row['username']}: password {pw}  api key {row['api_key']}", flush=True)  # no wrapping
@@ -163,7 +162,7 @@ def status_cmd(store: Store = "runs/default/feedback.sqlite") -> None:
     for key in counts:
         table.add_column(key)
     table.add_row(*map(str, counts.values()))
-    console.print(table)
+    stdout.print(table)
 
 
 # -- annotate agreement ------------------------------------------------------------------------
@@ -204,7 +203,7 @@ def _fmt(value: float | None) -> str:
 
 def _print_agreement(report: dict) -> None:
     c = report["counts"]
-    out.print(Text.assemble((report["store"], "bold"), f": {c['feedback']} judgements of {c['pairs']} pairs by "
+    stdout.print(Text.assemble((report["store"], "bold"), f": {c['feedback']} judgements of {c['pairs']} pairs by "
                             f"{c['annotators']} annotators; {c['pairs_with_2plus']} pairs judged by 2 or more"))
     table = Table(title="Krippendorff's alpha")
     for col in ("measure", "level", "alpha", "units 2+", "pairwise"):
@@ -214,14 +213,14 @@ def _print_agreement(report: dict) -> None:
                   _fmt(pref["pairwise_agreement"]))
     for key, row in report["ratings"].items():
         table.add_row(key, "ordinal", _fmt(row["alpha"]), str(row["n_units_multi"]), "")
-    out.print(table)
+    stdout.print(table)
     per = Table(title="Agreement with the other clinicians' majority (leave-one-out)")
     for col in ("annotator", "judgements", "compared", "agree", "agreement"):
         per.add_column(col)
     for name, row in report["annotators"].items():
         per.add_row(name, str(row["n_feedback"]), str(row["n_compared"]), str(row["n_agree"]),
                     _fmt(row["agreement_with_consensus"]))
-    out.print(per)
+    stdout.print(per)
 
 
 @annotate_app.command("export")
@@ -243,7 +242,7 @@ def export_cmd(
         raise ClinalignError("--backend argilla needs --dataset NAME")
     report = export_preferences(spec, out, include_simulated=include_simulated, include_seeds=seeds,
                                 phi_mode=phi_mode, overwrite=overwrite)
-    console.print_json(json.dumps(report))
+    stdout.print_json(json.dumps(report))
 
 
 @annotate_app.command("select")
@@ -304,9 +303,9 @@ def _print(ranked, n_pool: int, k: int, store: str, dry_run: bool) -> None:
         table.add_column(col)
     for r in ranked[:10]:
         table.add_row(str(r.rank), r.pair_id, f"{r.value:.3f}", f"{r.p_a:.3f}", f"{r.margin_std:.3f}")
-    console.print(table)
+    stdout.print(table)
     if dry_run:
-        console.print("dry run: the queue was not changed")
+        stdout.print("dry run: the queue was not changed")
     else:
-        console.print(f"{len(ranked)} pairs marked first in {store} (review app: served first; Argilla: "
+        stdout.print(f"{len(ranked)} pairs marked first in {store} (review app: served first; Argilla: "
                       "sort by the 'priority' metadata, 1 first); the previous selection was replaced")

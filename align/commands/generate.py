@@ -6,11 +6,14 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from align.cli_groups import Store, app
 from align.engines import BACKEND_HELP
-from align.progress import console, progress_bar
+from align.progress import progress_bar
 from clinalign_base.errors import ClinalignError
+
+stdout = Console(markup=False)  # results on stdout; progress and logs on stderr (align.progress)
 
 
 @app.command("generate")
@@ -65,7 +68,7 @@ def generate_cmd(
     s.close()
     if out:
         write_jsonl_atomic(out, [p.to_dict() for p in pairs])
-    console.print(f"{stats.made} pairs made ({new} new in {store}); skipped {stats.skipped_identical} identical, "
+    stdout.print(f"{stats.made} pairs made ({new} new in {store}); skipped {stats.skipped_identical} identical, "
                   f"{stats.skipped_empty} empty; generation backend {side_a.backend}")
 
 

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from align.cli_groups import app
-from align.progress import console
 
 EXTRA = {"allow_extra_args": True, "ignore_unknown_options": True}
+
+stdout = Console(markup=False)  # results on stdout; progress and logs on stderr (align.progress)
 
 
 Config = Annotated[str, typer.Option(help="YAML whose keys are the config dataclass fields (TRL style).")]
@@ -23,7 +25,7 @@ def sft_cmd(ctx: typer.Context,
     from align.recipes.sft import train_from_yaml
 
     out = train_from_yaml(config, extra_args=list(ctx.args))
-    console.print(f"SFT adapter written to {out}")
+    stdout.print(f"SFT adapter written to {out}")
 
 
 @app.command("dpo", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -33,7 +35,7 @@ def dpo_cmd(ctx: typer.Context,
     from align.recipes.dpo import train_from_yaml
 
     out = train_from_yaml(config, extra_args=list(ctx.args))
-    console.print(f"policy adapter written to {out}")
+    stdout.print(f"policy adapter written to {out}")
 
 
 @app.command("ppo", context_settings=EXTRA)
@@ -42,7 +44,7 @@ def ppo_cmd(ctx: typer.Context, config: Config) -> None:
     from align.recipes.ppo.ppo_trainer import train_from_yaml
 
     out = train_from_yaml(config, extra_args=list(ctx.args))
-    console.print(f"PPO policy, value head, metrics and reward/KL curves written to {out}")
+    stdout.print(f"PPO policy, value head, metrics and reward/KL curves written to {out}")
 
 
 @app.command("grpo", context_settings=EXTRA)
@@ -51,7 +53,7 @@ def grpo_cmd(ctx: typer.Context, config: Config) -> None:
     from align.recipes.online_rl import train_from_yaml
 
     out = train_from_yaml("grpo", config, extra_args=list(ctx.args))
-    console.print(f"GRPO policy and metrics written to {out}")
+    stdout.print(f"GRPO policy and metrics written to {out}")
 
 
 @app.command("rloo", context_settings=EXTRA)
@@ -60,4 +62,4 @@ def rloo_cmd(ctx: typer.Context, config: Config) -> None:
     from align.recipes.online_rl import train_from_yaml
 
     out = train_from_yaml("rloo", config, extra_args=list(ctx.args))
-    console.print(f"RLOO policy and metrics written to {out}")
+    stdout.print(f"RLOO policy and metrics written to {out}")

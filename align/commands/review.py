@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 from rich.text import Text
 
 from align.cli_groups import Store, app
@@ -16,6 +17,8 @@ from clinalign_base.errors import ClinalignError, InputError
 
 review_app = typer.Typer(help="Blind side-by-side review by clinicians (Gradio app), its users and pairs.",
                          invoke_without_command=True)
+
+stdout = Console(markup=False)  # results on stdout; progress and logs on stderr (align.progress)
 
 
 app.add_typer(review_app, name="review")
@@ -110,7 +113,7 @@ def add_user_cmd(
     if not password:
         password = typer.prompt(f"Password for {name}", hide_input=True, confirmation_prompt=True)
     new = add_user(users, name, password, role=role, replace=replace)
-    console.print(Text.assemble(f"{'added' if new else 'reset password of'} ", (name, "bold"), f" ({role}) in {users}"))
+    stdout.print(Text.assemble(f"{'added' if new else 'reset password of'} ", (name, "bold"), f" ({role}) in {users}"))
 
 
 @review_app.command("unlock")
@@ -134,7 +137,7 @@ def unlock_cmd(
         until = cleared["locked_until"]
         state = f"locked until {hhmm_utc(until)}" if until else "not locked"
         shown = f"address {cleared['address']}" if "address" in cleared else what
-        console.print(Text.assemble("unlocked ", (shown, "bold"),
+        stdout.print(Text.assemble("unlocked ", (shown, "bold"),
                                     f": was {state}, {cleared['failures']} recent failed sign-in(s) cleared"))
 
 
@@ -167,5 +170,5 @@ def pairs_cmd(
     finally:
         s.close()
     same = sum(p.model_a == p.model_b for p in pairs)
-    console.print(f"{new} new pairs stored ({len(pairs) - new} already there) in {store}"
+    stdout.print(f"{new} new pairs stored ({len(pairs) - new} already there) in {store}"
                   + (f"; {same} have the same model on both sides and are skipped by the review queue" if same else ""))

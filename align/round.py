@@ -256,9 +256,15 @@ class Round:
         cand = SamplingSetting(self.current, c.eval_temperature, c.top_p, c.max_new_tokens, c.seed + 1000,
                                adapter=str(self.out / "policy"), dtype=c.generation_dtype,
                                backend=c.generation_backend)
+        from align.evaluation.base_samples import cached_samples
+
         with progress_bar("held-out answers: policy and base", total=2 * len(texts) * c.eval_samples) as advance:
             policy_samples = Generator(cand, batch_size=c.generation_batch_size).sample(texts, c.eval_samples, advance)
-            base_samples = Generator(base, batch_size=c.generation_batch_size).sample(texts, c.eval_samples, advance)
+            # the base's answers (and so the A/A control) are the same every round: sampled once, kept by weights
+            base_samples, base_cached = cached_samples(
+                base, texts, c.eval_samples, on_hit=advance,
+                sample=lambda: Generator(base, batch_size=c.generation_batch_size).sample(texts, c.eval_samples,
+                                                                                          advance))
         scorer = RewardScorer(str(self.out / "reward_model"))
         result = judged_win_rate(prompts, policy_samples, base_samples, judge_score, judge_name=JUDGE_NAME,
                                  max_new_tokens=c.max_new_tokens, tie_eps=c.tie_eps,
@@ -266,7 +272,8 @@ class Round:
                                  proxy_name=f"reward model {self.out / 'reward_model'}")
         result |= {"policy": cand.label, "base": base.label, "eval_split": c.eval_split,
                    "sampling": {"temperature": c.eval_temperature, "top_p": c.top_p,
-                                "max_new_tokens": c.max_new_tokens, "backend": cand.backend}}
+                                "max_new_tokens": c.max_new_tokens, "backend": cand.backend,
+                                "base_answers_cached": base_cached}}
         eval_dir = self.out / "evaluation"
         eval_dir.mkdir(exist_ok=True)
         write_json_atomic(eval_dir / "winrate.json", result)
@@ -290,9 +297,10 @@ class Round:
         from align.evaluation.pubmedqa_paired import run_alignment_tax
 
         c = self.cfg
+        dtype = None if c.pubmedqa_dtype == "auto" else c.pubmedqa_dtype
         tax = run_alignment_tax(c.policy, policy_spec=self.current, adapter=str(self.out / "policy"),
                                 limit=c.pubmedqa_limit, margin=c.pubmedqa_margin,
-                                with_abstract=c.pubmedqa_with_abstract)
+                                with_abstract=c.pubmedqa_with_abstract, dtype=dtype, gate=c.pubmedqa_gate)
         write_json_atomic(eval_dir / "pubmedqa.json", tax)
         return tax["paired"]
 
@@ -359,11 +367,22 @@ def promotion_verdict(evaluation: dict[str, Any], *, min_win_rate: float) -> dic
     else:
         msg = (f"PubMedQA {pq['accuracy_before']:.3f} -> {pq['accuracy_after']:.3f} on {pq['n']} items, paired "
                f"diff lower bound {pq['lower_bound_one_sided']:+.3f} vs margin -{pq['margin']:.2f} "
-               f"(McNemar p={pq['mcnemar_p']:.3f})")
+               f"(McNemar p={pq['mcnemar_p']:.3f}{_other_reading(pq)})")
         (passed if pq["non_inferior"] else reasons).append(msg + (": non-inferior" if pq["non_inferior"]
                                                                     else ": not shown non-inferior"))
     return {"promoted": not reasons, "reasons_against": reasons, "reasons_for": passed,
             "min_win_rate": min_win_rate}
+
+
+def _other_reading(pq: dict[str, Any]) -> str:
+    """The reading of the PubMedQA answers that did not gate, printed beside the one that did."""
+    gate = pq.get("gate")
+    if gate == "prior_aligned" and "raw" in pq:
+        raw, shift = pq["raw"], pq.get("prior_aligned", {}).get("prior_shift_nats", {})
+        return (f"; prior-aligned: the policy's yes->no log-odds moved {shift.get('no', 0):+.3f} nats, raw "
+                f"{raw['accuracy_after']:.3f}, lower bound {raw['lower_bound_one_sided']:+.3f}, "
+                f"{'non-inferior' if raw['non_inferior'] else 'not non-inferior'}")
+    return ""
 
 
 def _flat_eval(evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -384,6 +403,9 @@ def _flat_eval(evaluation: dict[str, Any]) -> dict[str, Any]:
         pq = evaluation["pubmedqa"]
         flat |= {"pubmedqa_accuracy_before": pq["accuracy_before"], "pubmedqa_accuracy_after": pq["accuracy_after"],
                  "pubmedqa_n": pq["n"], "pubmedqa_non_inferior": pq["non_inferior"],
+                 **({"pubmedqa_gate": pq["gate"]} if "gate" in pq else {}),
+                 **({"pubmedqa_raw_accuracy_after": pq["raw"]["accuracy_after"],
+                     "pubmedqa_raw_non_inferior": pq["raw"]["non_inferior"]} if "raw" in pq else {}),
                  "pubmedqa_mcnemar_p": pq["mcnemar_p"]}
     flat["promoted"] = evaluation["promotion"]["promoted"]
     return flat

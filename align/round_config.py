@@ -79,7 +79,15 @@ class RoundConfig:
     pubmedqa_limit: int | None = _f(None, "PubMedQA items (None: all 500 official test items; 0: skip).")
     pubmedqa_with_abstract: bool = _f(True, "Give the abstract (False: the question alone, PubMedQA's "
                                             "reasoning-required setting).")
-    pubmedqa_margin: float = _f(0.02, "Non-inferiority margin of the paired PubMedQA test.")
+    pubmedqa_margin: float = _f(0.03, "Non-inferiority margin of the paired PubMedQA test: at the discordance seen "
+                                      "in pilots (b+c ~ 6% of 500) 0.03 gives ~85% power to pass a policy with no "
+                                      "tax; 0.02 gave ~57% (docs/experimental-design.md).")
+    pubmedqa_gate: str = _f("prior_aligned", "prior_aligned (the policy's mean yes/no/maybe log-odds aligned with "
+                                             "the base's: a shift of its default answer is reported, item-level "
+                                             "losses gate) | raw (each model's own argmax).")
+    pubmedqa_dtype: str = _f("float32", "Scoring precision of the paired PubMedQA test. float32: in bf16, rounding "
+                                        "alone flipped 4 of 96 answers of one model, noise the paired test reads "
+                                        "as discordance; with the shared-prefix cache float32 costs ~25 s.")
     min_win_rate: float = _f(0.5, "Promotion needs the win-rate's 95% CI lower bound above this.")
     num_threads: int | None = _f(None, "torch CPU threads (None: OMP_NUM_THREADS or torch's default).")
 
@@ -121,5 +129,10 @@ class RoundConfig:
             parse_backend(self.generation_backend)
         except ClinalignError as exc:
             raise InputError(str(exc), path=path) from None
+        if self.pubmedqa_dtype not in ("auto", "float32", "bfloat16", "float16"):
+            raise InputError(f"pubmedqa_dtype must be auto, float32, bfloat16 or float16, got {self.pubmedqa_dtype!r}",
+                             path=path)
+        if self.pubmedqa_gate not in ("prior_aligned", "raw"):
+            raise InputError(f"pubmedqa_gate must be prior_aligned or raw, got {self.pubmedqa_gate!r}", path=path)
         if self.samples_per_prompt < 2 or self.eval_samples < 2:
             raise InputError("samples_per_prompt and eval_samples must be at least 2", path=path)

@@ -59,6 +59,13 @@ def test_flat_metrics_are_the_round_manifest_keys():
     flat = EvaluationRecord.from_blocks(**evaluation).metrics()
     assert _flat_eval(evaluation).items() <= flat.items()
     assert flat["pubmedqa_lower_bound"] == -0.05 and flat["pubmedqa_margin"] == 0.02
+    # a prior-aligned paired test carries its raw reading: both reach the manifest and the card
+    aligned = dict(PAIRED, gate="prior_aligned", raw={"accuracy_after": 0.46, "non_inferior": False})
+    evaluation["pubmedqa"] = aligned
+    flat = EvaluationRecord.from_blocks(**evaluation).metrics()
+    assert _flat_eval(evaluation).items() <= flat.items()
+    assert (flat["pubmedqa_gate"], flat["pubmedqa_raw_accuracy_after"], flat["pubmedqa_raw_non_inferior"]) == \
+        ("prior_aligned", 0.46, False)
 
 
 def test_round_trips_through_the_file_and_the_manifest(tmp_path):

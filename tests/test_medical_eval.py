@@ -65,6 +65,28 @@ def test_batched_padded_scores_match_unpadded_reference(tiny):
             assert longer[i][j] == pytest.approx(unpadded_logprob(model, p, multi[i][j]), abs=1e-4)
 
 
+def test_shared_prefix_cache_gives_the_unpadded_scores(tiny, monkeypatch):
+    """Prompts sharing a long head (chat header + instruction) run it once from a KV cache; the scores of
+    every prompt, of any length and in any batch, are those of its own unpadded forward."""
+    import align.evaluation.pubmedqa as me
+
+    model, tok = tiny
+    head = tok("Answer the research question with one word: yes, no, or maybe. Question:")["input_ids"]
+    tails = ["Is it?", "Does a much longer question about blood pressure in older adults change the answer?",
+             "Why not?", "Does drug X work?", "Is the trial randomised and blinded?"]
+    prompts = [head + tok(t, add_special_tokens=False)["input_ids"] for t in tails]
+    options = [[tok(w, add_special_tokens=False)["input_ids"] for w in LABELS]] * len(prompts)
+    built = []
+    real_build = me._PrefixCache.build.__func__
+    monkeypatch.setattr(me._PrefixCache, "build",
+                        classmethod(lambda cls, *a: built.append(real_build(cls, *a)) or built[-1]))
+    scores = continuation_logprobs(model, prompts, options, pad_id=tok.pad_token_id, batch_size=2)
+    assert built and built[0] is not None and built[0].length == len(head)
+    for i, p in enumerate(prompts):
+        for j in range(3):
+            assert scores[i][j] == pytest.approx(unpadded_logprob(model, p, options[i][j]), abs=1e-4)
+
+
 def reference_label_scores(model, tok, item, *, chat: bool = True) -> list[float]:
     """Independent reference: per label, log(sum over its case variants of p(variant | prompt))."""
     import align.evaluation.pubmedqa as me  # looked up at call time: a test may patch the variants
@@ -239,7 +261,8 @@ def save_adapter(path) -> str:
 # -- paired alignment tax --------------------------------------------------------------------------------
 def fake_result(golds, preds, ids=None):
     ids = ids or [f"q{i}" for i in range(len(golds))]
-    return {"predictions": [{"id": i, "gold": g, "pred": p, "logprobs": [0.0, 0.0, 0.0]}
+    # no per-item scores: the paired test can only read the raw predictions
+    return {"predictions": [{"id": i, "gold": g, "pred": p, "logprobs": None}
                             for i, g, p in zip(ids, golds, preds, strict=True)], "accuracy_ci95": [0.0, 1.0]}
 
 
@@ -262,6 +285,45 @@ def test_paired_counts_discordant_items_and_gives_a_verdict():
     bad = paired_alignment_tax(fake_result(golds, before), fake_result(golds, worse))
     assert (bad["b_right_to_wrong"], bad["c_wrong_to_right"]) == (100, 0)
     assert bad["verdict"] == "inferior or inconclusive" and bad["mcnemar_p"] < 0.001
+
+
+def scored_result(golds, scores):
+    preds = [LABELS[max(range(3), key=lambda j: row[j])] for row in scores]
+    return {"predictions": [{"id": f"q{i}", "gold": g, "pred": p, "logprobs": list(row)}
+                            for i, (g, p, row) in enumerate(zip(golds, preds, scores, strict=True))]}
+
+
+def test_a_uniform_prior_shift_is_reported_and_item_losses_still_gate():
+    """A policy whose yes/no log-odds all moved by the same amount answers "no" more often (raw: a tax)
+    but lost no item-level knowledge (prior-aligned: none); a policy that loses items fails both."""
+    import random
+
+    rng = random.Random(0)
+    golds = [rng.choice(["yes", "no"]) for _ in range(500)]
+    # the base knows something: its yes-no margin leans towards the gold label
+    margins = [(0.4 if g == "yes" else -0.4) + rng.gauss(0, 0.5) for g in golds]
+    base = [[m, 0.0, -6.0] for m in margins]
+    shifted = [[m - 0.3, 0.0, -6.0] for m in margins]  # the default answer moved, nothing else
+    raw = paired_alignment_tax(scored_result(golds, base), scored_result(golds, shifted), gate="raw")
+    aligned = paired_alignment_tax(scored_result(golds, base), scored_result(golds, shifted))
+    assert raw["gate"] == "raw" and raw["b_right_to_wrong"] > 20 and not raw["non_inferior"]
+    assert aligned["gate"] == "prior_aligned" and aligned["non_inferior"]
+    assert (aligned["b_right_to_wrong"], aligned["c_wrong_to_right"]) == (0, 0)
+    assert aligned["prior_aligned"]["prior_shift_nats"]["no"] == pytest.approx(0.3, abs=1e-6)
+    assert aligned["raw"]["b_right_to_wrong"] == raw["b_right_to_wrong"]  # the other reading rides along
+    # the shift is computed from scores alone: other gold labels give the same shift
+    flipped = ["no" if g == "yes" else "yes" for g in golds]
+    again = paired_alignment_tax(scored_result(flipped, base), scored_result(flipped, shifted))
+    assert again["prior_aligned"]["prior_shift_nats"] == aligned["prior_aligned"]["prior_shift_nats"]
+    # item-level loss: 60 items the base got right now lean the wrong way, with no uniform shift to remove
+    hurt = [list(r) for r in base]
+    right = [i for i, (g, r) in enumerate(zip(golds, base, strict=True)) if (r[0] > r[1]) == (g == "yes")]
+    for i in right[:30]:
+        hurt[i][0] = -abs(hurt[i][0]) - 0.2 if golds[i] == "yes" else hurt[i][0]
+    for i in [i for i in right if golds[i] == "no"][:30]:
+        hurt[i][0] = abs(hurt[i][0]) + 0.2
+    lost = paired_alignment_tax(scored_result(golds, base), scored_result(golds, hurt))
+    assert lost["b_right_to_wrong"] >= 40 and not lost["non_inferior"]
 
 
 def test_paired_rejects_mismatched_items():

@@ -204,8 +204,14 @@ def _section_eval(round_m: dict, ev: dict[str, Any]) -> list[str]:
         lines.append(f"| reward model (proxy) win-rate; agreement with the judge | | {_fmt(get('proxy_win_rate'))}; "
                      f"{_fmt(get('proxy_agreement_with_judge'))} |")
         if get("pubmedqa_non_inferior") is not None:
-            lines.append(f"| PubMedQA paired non-inferiority (McNemar p={_fmt(get('pubmedqa_mcnemar_p'))}) | | "
+            gate = get("pubmedqa_gate") or "raw"
+            lines.append(f"| PubMedQA paired non-inferiority, {gate.replace('_', '-')} reading (McNemar "
+                         f"p={_fmt(get('pubmedqa_mcnemar_p'))}) | | "
                          f"{'non-inferior' if get('pubmedqa_non_inferior') else 'not shown non-inferior'} |")
+            if get("pubmedqa_raw_accuracy_after") is not None and gate != "raw":
+                lines.append(f"| PubMedQA raw accuracy (each model's own argmax; "
+                             f"{'non-inferior' if get('pubmedqa_raw_non_inferior') else 'not shown non-inferior'}) "
+                             f"| {_fmt(get('pubmedqa_accuracy_before'))} | {_fmt(get('pubmedqa_raw_accuracy_after'))} |")
     else:
         lines.append(f"| RM mean reward | {_fmt(get('mean_reward_base'))} | {_fmt(get('mean_reward_policy'))} |")
         lines.append(f"| RM win-rate vs base (n={_fmt(get('n_prompts'))} prompts) | 0.5 by definition | "

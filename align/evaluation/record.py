@@ -51,7 +51,7 @@ _WIN_RATE_FLAT: tuple[tuple[str, tuple[str, ...]], ...] = (
 _PAIRED_FLAT = (("pubmedqa_accuracy_before", "accuracy_before"), ("pubmedqa_accuracy_after", "accuracy_after"),
                 ("pubmedqa_n", "n"), ("pubmedqa_non_inferior", "non_inferior"), ("pubmedqa_mcnemar_p", "mcnemar_p"),
                 ("pubmedqa_lower_bound", "lower_bound_one_sided"), ("pubmedqa_margin", "margin"),
-                ("pubmedqa_items_sha256", "items_sha256"))
+                ("pubmedqa_items_sha256", "items_sha256"), ("pubmedqa_gate", "gate"))
 _SINGLE_FLAT = (("pubmedqa_accuracy", "accuracy"), ("pubmedqa_accuracy_ci95", "accuracy_ci95"),
                 ("pubmedqa_n", "n"), ("pubmedqa_items_sha256", "items_sha256"))
 
@@ -225,7 +225,12 @@ def _flat_pubmedqa(block: dict[str, Any] | None) -> dict[str, Any]:
                 "pubmedqa_accuracy_before": before.get("accuracy"), "pubmedqa_items_sha256": after.get("items_sha256")}
         return _strip(flat)
     pairs = _PAIRED_FLAT if "accuracy_after" in block or "non_inferior" in block else _SINGLE_FLAT
-    return _strip({key: block.get(src) for key, src in pairs})
+    flat = {key: block.get(src) for key, src in pairs}
+    raw = block.get("raw")  # the ungated reading of a prior-aligned paired test
+    if isinstance(raw, dict):
+        flat |= {"pubmedqa_raw_accuracy_after": raw.get("accuracy_after"),
+                 "pubmedqa_raw_non_inferior": raw.get("non_inferior")}
+    return _strip(flat)
 
 
 def _fill(rec: EvaluationRecord, m: dict[str, Any]) -> EvaluationRecord:

@@ -8,6 +8,7 @@ TRL user's config works as is. DeepSpeed: set `deepspeed: configs/deepspeed/zero
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,9 @@ class DPOScriptArguments:
     lora_top_layers: float | None = field(default=None, metadata={
         "help": "LoRA only in the top share of decoder layers (e.g. 0.5): backward stops below the lowest "
                 "adapted layer, so a step is cheaper and the lower layers keep what the base knows. None: all."})
+    dense_lm_head: bool = field(default=True, metadata={
+        "help": "On a CPU, compute TRL's fused LM head densely over the labelled positions only "
+                "(align/recipes/dense_lm_head.py: a 1.5x faster step here); false keeps TRL's tiled head."})
 
 
 def parse(config_path: str | None, overrides: dict[str, Any] | None = None, extra_args: list[str] | None = None):
@@ -72,6 +76,9 @@ def train(script_args: DPOScriptArguments, training_args, model_args, *, config_
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
     from trl import DPOTrainer, get_peft_config
+    from trl.trainer import dpo_trainer as dpo_trainer_module
+
+    from align.recipes.dense_lm_head import use_dense_lm_head_on_cpu
 
     set_threads(script_args.num_threads)
     keep_bf16_where_it_pays(training_args)
@@ -90,9 +97,12 @@ def train(script_args: DPOScriptArguments, training_args, model_args, *, config_
         split = dataset.train_test_split(test_size=script_args.eval_fraction, seed=training_args.seed)
         train_ds, eval_ds = split["train"], split["test"]
 
-    trainer = DPOTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
-                         processing_class=tokenizer,
-                         peft_config=top_layers_only(get_peft_config(model_args), model, script_args.lora_top_layers))
+    head = use_dense_lm_head_on_cpu(dpo_trainer_module) if script_args.dense_lm_head else contextlib.nullcontext()
+    with head:  # TRL's tiled head is slow without Triton
+        trainer = DPOTrainer(model=model, args=training_args, train_dataset=train_ds, eval_dataset=eval_ds,
+                             processing_class=tokenizer,
+                             peft_config=top_layers_only(get_peft_config(model_args), model,
+                                                         script_args.lora_top_layers))
     trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
     metrics = last_metrics(trainer.state.log_history)
     if eval_ds is not None:

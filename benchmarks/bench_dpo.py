@@ -11,7 +11,8 @@ Both sides train the same SmolLM2-135M-Instruct + LoRA (r16, all linear layers),
 - clinalign: `align.recipes.dpo.train_from_yaml(configs/demo/dpo.yaml)` (bf16 only where the CPU has
   AVX512-BF16/AMX, reference log-probs computed once with the adapter off, no checkpointing);
 - clinalign_fp32: the same in float32 (does bf16 autocast pay on this CPU?);
-- clinalign_tiled_head: the same with TRL's tiled LM head instead of clinalign's dense CPU head.
+- clinalign_tiled_head: the same with TRL's tiled LM head instead of clinalign's dense CPU head;
+- clinalign_gc: the same with gradient checkpointing (TRL's default memory trade).
 LoRA dropout is 0 on every side (configs/demo/dpo.yaml's setting; dropout cost 24% of a CPU step).
 Each run is a fresh process; the order alternates (reversed every other round). The clock is TRL's
 `train_runtime` (the training loop, reference precomputation included; model loading excluded).
@@ -73,7 +74,8 @@ print(json.dumps({"runtime": m["train_runtime"], "loss": m["train_loss"], "steps
 
 VARIANTS = {"plain": (PLAIN, {}), "plain_no_gc": (PLAIN, {"gradient_checkpointing": False}),
             "clinalign": (CLINALIGN, {}), "clinalign_fp32": (CLINALIGN, {"bf16": False}),
-            "clinalign_tiled_head": (CLINALIGN, {"dense_lm_head": False})}
+            "clinalign_tiled_head": (CLINALIGN, {"dense_lm_head": False}),
+            "clinalign_gc": (CLINALIGN, {"gradient_checkpointing": True})}
 
 
 def load_average() -> str:

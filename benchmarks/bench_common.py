@@ -1,7 +1,9 @@
-"""What several benchmarks share: the PPO benchmarks' prompts and the process's resident-set figures."""
+"""What several benchmarks share: the PPO benchmarks' prompts, update timing and the process's resident-set figures."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 PROMPTS = ["What is asthma and how is it treated?", "What are the symptoms of type 2 diabetes?",
@@ -24,3 +26,14 @@ def reset_peak() -> None:
         Path("/proc/self/clear_refs").write_text("5")
     except OSError:
         pass
+
+
+def timed_updates(step: Callable[[], object], n: int) -> list[float]:
+    """Seconds of each of `n` calls of `step`, after one untimed warm-up call (first-call costs excluded)."""
+    step()
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return times

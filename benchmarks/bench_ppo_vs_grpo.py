@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import PROMPTS, reset_peak, status_mb
+from bench_common import PROMPTS, reset_peak, status_mb, timed_updates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,12 +43,8 @@ def worker_ppo(a, tmp: Path) -> dict:
     trainer = PPOTrainer(args, prompts=PROMPTS * 4)
     loaded = status_mb("VmRSS")
     reset_peak()
-    times = []
-    for _ in range(a.updates + 1):
-        t0 = time.perf_counter()
-        trainer.train_step()
-        times.append(time.perf_counter() - t0)
-    return {"loaded_mb": loaded, "train_peak_mb": status_mb("VmHWM"), "s_per_update": sum(times[1:]) / a.updates}
+    times = timed_updates(trainer.train_step, a.updates)
+    return {"loaded_mb": loaded, "train_peak_mb": status_mb("VmHWM"), "s_per_update": sum(times) / a.updates}
 
 
 def worker_grpo(a, tmp: Path) -> dict:

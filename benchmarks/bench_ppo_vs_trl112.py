@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import PROMPTS, reset_peak, status_mb
+from bench_common import PROMPTS, reset_peak, status_mb, timed_updates
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = Path.home() / ".cache" / "clinalign" / "venvs" / "trl112"
@@ -82,12 +82,8 @@ def worker_clinalign(a, reward: str, tmp: Path) -> dict:
                      lora_target_modules=LORA["target_modules"], seed=0, temperature=0.7)
     trainer = PPOTrainer(args, prompts=PROMPTS * 4)
     reset_peak()
-    times = []
-    for _ in range(a.updates + 1):
-        t0 = time.perf_counter()
-        trainer.train_step()
-        times.append(time.perf_counter() - t0)
-    return {"train_peak_mb": status_mb("VmHWM"), "s_per_update": statistics.mean(times[1:])}
+    times = timed_updates(trainer.train_step, a.updates)
+    return {"train_peak_mb": status_mb("VmHWM"), "s_per_update": statistics.mean(times)}
 
 
 def worker_trl112(a, reward: str, tmp: Path) -> dict:

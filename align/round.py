@@ -24,7 +24,7 @@ from align.generate import Generator, Sample, SamplingSetting, pairs_from_sample
 from align.progress import console, progress_bar
 from align.prompts import Prompt, load_prompts
 from align.round_config import RoundConfig
-from align.stages import export_preferences, gate_pairs
+from align.stages import export_preferences, gate_pairs, screen_answers
 from annotation.atomic import write_json_atomic
 from annotation.errors import ClinalignError
 from annotation.jsonl import write_jsonl_atomic as write_jsonl
@@ -131,6 +131,7 @@ class Round:
         for split, store_name in sets:
             prompts = self.prompts[split]
             samples = [next(drawn) for _ in prompts]
+            samples, n_withheld = self._screen_answers(prompts, samples)
             self._write_samples(split, prompts, samples)
             pairs, stats = pairs_from_samples(prompts, samples, setting, score=judge_score, min_gap=c.min_gap,
                                               source=f"generated:{split}", seed=c.seed)
@@ -140,14 +141,22 @@ class Round:
             store.close()
             flat = [s for g in samples for s in g]
             result[split] = {"prompts": len(prompts), "pairs": len(kept),
+                             "answers_withheld_by_phi_gate": n_withheld,
                              "withheld_by_phi_gate": len(pairs) - len(kept), "skipped_small_gap": stats.skipped_small_gap,
                              "skipped_identical_or_empty": stats.skipped_identical + stats.skipped_empty,
                              "eos_rate": round(sum(s.finished for s in flat) / len(flat), 3)}
         return result
 
+    def _screen_answers(self, prompts: list[Prompt], samples: list[list[Sample]]
+                        ) -> tuple[list[list[Sample]], int]:
+        if self.cfg.phi_mode != "withhold":
+            return samples, 0  # block / redact act on the pairs (gate_pairs), as before
+        return screen_answers(prompts, samples, audit_dir=self.out)
+
     def _phi_fields(self) -> list[str]:
-        # public reference answers (NIH, K-QA) are full of eponyms ("Hodgkin", "Addison") that read as names
-        fields = ["prompt", "response_a", "response_b"]
+        # public reference answers (NIH, K-QA) are full of eponyms ("Hodgkin", "Addison") that read as names;
+        # in withhold mode every answer was already screened (_screen_answers): no second scan
+        fields = ["prompt"] if self.cfg.phi_mode == "withhold" else ["prompt", "response_a", "response_b"]
         return fields + ["reference"] if self.cfg.phi_scan_references else fields
 
     def _write_samples(self, split: str, prompts: list[Prompt], samples: list[list[Sample]]) -> None:

@@ -1,12 +1,16 @@
-"""Stages of a round shared by the CLI commands and the demo: PHI gate, export with lineage."""
+"""Stages of a round shared by the CLI commands and the demo: PHI gates (answers, pairs), export with lineage."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from annotation.records import CandidatePair
 from clinalign_base.manifest import build_manifest, write_manifest
+
+if TYPE_CHECKING:  # align.generate imports torch; the CLI's PHI commands should not pay for it
+    from align.generate import Sample
+    from align.prompts import Prompt
 
 PAIR_TEXT_FIELDS = ["prompt", "response_a", "response_b", "reference"]
 ROW_TEXT_FIELDS = ["prompt", "chosen", "rejected"]
@@ -21,6 +25,21 @@ def gate_pairs(pairs: list[CandidatePair], *, mode: str, audit_dir: str | Path,
     gate = PhiGate(mode=mode, audit_path=Path(audit_dir) / "phi_audit.jsonl")
     cleaned = gate.check_records(records, fields=fields or PAIR_TEXT_FIELDS, record_id_key="pair_key").records
     return [CandidatePair.from_dict({k: v for k, v in r.items() if k != "pair_key"}) for r in cleaned]
+
+
+def screen_answers(prompts: list[Prompt], samples: list[list[Sample]], *, audit_dir: str | Path
+                   ) -> tuple[list[list[Sample]], int]:
+    """Withhold flagged answers before pairing (audited, never stored): the pair is then made from the
+    question's other answers instead of being lost whole. Returns the kept answers and how many went."""
+    from annotation.phi import PhiGate
+
+    ids = [[f"{p.id}#{j}" for j in range(len(g))] for p, g in zip(prompts, samples, strict=True)]
+    records = [{"answer_id": i, "text": s.text} for row, g in zip(ids, samples, strict=True)
+               for i, s in zip(row, g, strict=True)]
+    gate = PhiGate(mode="withhold", audit_path=Path(audit_dir) / "phi_audit.jsonl", source="candidate answers")
+    clean = {r["answer_id"] for r in gate.check_records(records, fields=["text"], record_id_key="answer_id").records}
+    kept = [[s for i, s in zip(row, g, strict=True) if i in clean] for row, g in zip(ids, samples, strict=True)]
+    return kept, len(records) - len(clean)
 
 
 def export_preferences(store_spec: str, out: str | Path, *, include_simulated: bool, include_seeds: bool,

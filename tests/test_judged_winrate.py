@@ -26,7 +26,9 @@ def test_identical_texts_tie_even_when_the_judge_is_noisy():
         return _score(prompt, sample) + next(noise) * 1e-9
 
     r = judged_win_rate(prompts, same, same, noisy, judge_name="t", max_new_tokens=8, tie_eps=0.0)
-    assert r["ties"] == r["n_comparisons"] == 8 and r["win_rate"] == 0.5
+    # all 2 x 2 pairs per prompt: the two identical pairs tie, "1 same" vs "2 other" is a loss and its mirror a win
+    assert r["n_comparisons"] == 16 and r["ties"] == 8 and r["wins"] == r["losses"] == 4
+    assert r["win_rate"] == 0.5
 
 
 def test_hand_worked_win_rate_and_control():
@@ -34,13 +36,23 @@ def test_hand_worked_win_rate_and_control():
     policy = [[_s("5 a"), _s("5 b")], [_s("5 c"), _s("1 d")], [_s("0 e"), _s("5 f")]]
     base = [[_s("1 g"), _s("1 h")], [_s("1 i"), _s("1 d")], [_s("1 j"), _s("1 k")]]
     r = judged_win_rate(prompts, policy, base, _score, judge_name="t", max_new_tokens=8)
-    # comparisons: p0 (W, W), p1 (W, tie: identical "1 d"), p2 (L, W) -> (4 + 0.5) / 6
-    assert (r["wins"], r["ties"], r["losses"]) == (4, 1, 1)
-    assert r["win_rate"] == pytest.approx(0.75) and r["n_prompts"] == 3 and r["n_comparisons"] == 6
+    # all 2 x 2 (policy, base) pairs: p0 W W W W; p1 (5c,1i) W, (5c,1d) W, (1d,1i) tie by score,
+    # (1d,1d) tie by identical text; p2 (0e,*) L L, (5f,*) W W -> (8 + 2 x 0.5) / 12
+    assert (r["wins"], r["ties"], r["losses"]) == (8, 2, 2)
+    assert r["win_rate"] == pytest.approx(0.75) and r["n_prompts"] == 3 and r["n_comparisons"] == 12
     # control = base sample 0 vs base sample 1: all equal scores (1 vs 1) -> ties -> 0.5
     assert r["control"]["win_rate"] == 0.5 and r["control"]["n_comparisons"] == 3
     assert r["mean_score"]["base_best_of_k"] == pytest.approx(1.0)
     assert r["lengths"]["policy"]["eos_rate"] == 1.0
+
+
+def test_control_pairs_are_disjoint_seeds_and_the_main_comparison_covers_every_pair():
+    from align.evaluation.winrate import all_pairs, control_pairs
+
+    assert control_pairs(4) == [(0, 1), (0, 3), (2, 1), (2, 3)]
+    assert control_pairs(2) == [(0, 1)] and control_pairs(3) == [(0, 1)]
+    assert all(i % 2 == 0 and j % 2 == 1 for i, j in control_pairs(6))  # no sample on both sides
+    assert sorted(all_pairs(3)) == [(i, j) for i in range(3) for j in range(3)]
 
 
 def test_control_ci_contains_half_for_two_seeds_of_one_model():

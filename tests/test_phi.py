@@ -268,3 +268,24 @@ def test_a_fresh_process_builds_the_gate_without_torch_or_transformers():
             "import torch; print(torch.tensor([1.0]).sum().item())")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True)
     assert out.stdout.split("\n")[:2] == ["[]", "1.0"]  # not imported by the gate, and still importable
+
+
+def test_round_screens_answers_so_one_flagged_answer_does_not_cost_the_pair(tmp_path):
+    from align.generate import Sample, SamplingSetting, pairs_from_samples
+    from align.prompts import Prompt
+    from align.stages import screen_answers
+
+    prompts = [Prompt("q1", "What helps a migraine?", reference="rest"), Prompt("q2", "What is gout?")]
+    dirty = "Patient John Smitherson, MRN 4482913, was seen on 03/14/2024 for this."
+    samples = [[Sample("Rest in a dark room helps.", True, 6), Sample(dirty, True, 14),
+                Sample("Ibuprofen can help a migraine.", True, 5)],
+               [Sample(dirty, True, 14), Sample("Gout is a form of arthritis.", True, 6)]]
+    kept, withheld = screen_answers(prompts, samples, audit_dir=tmp_path)
+    assert withheld == 2
+    assert [[s.text for s in g] for g in kept] == [["Rest in a dark room helps.", "Ibuprofen can help a migraine."],
+                                                   ["Gout is a form of arthritis."]]
+    pairs, stats = pairs_from_samples(prompts, kept, SamplingSetting("m", 0.8))
+    assert len(pairs) == 1 and dirty not in (pairs[0].response_a, pairs[0].response_b)
+    assert stats.skipped_empty == 1  # q2 kept a single answer: no pair, and nothing flagged was stored
+    audit = (tmp_path / "phi_audit.jsonl").read_text()
+    assert '"record_id": "q1#1"' in audit and '"record_id": "q2#0"' in audit and "Smitherson" not in audit

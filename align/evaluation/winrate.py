@@ -1,10 +1,13 @@
 """A judged win-rate of a policy against the base on held-out prompts, with its control and context.
 
-Both policies answer every test prompt `k` times (sample j of each side shares its seed offset). The
-judge (the simulated clinician in the demo; clinicians' blind votes in a real round) scores every
-answer alone, so padding and batch composition cannot break a tie; comparison j of a prompt is policy
-sample j vs base sample j. Reported beside the win-rate, as the experimental design asks:
-- the A/A control: base sample 2i vs base sample 2i+1 (two seeds of one model): its CI must contain 0.5;
+Both policies answer every test prompt `k` times. The judge (the simulated clinician in the demo;
+clinicians' blind votes in a real round) scores every answer alone, so padding and batch composition
+cannot break a tie. A prompt's comparisons are all k x k (policy sample i, base sample j): the same
+estimand as one comparison per sample (P(a policy answer beats a base answer to the same question)),
+with less within-prompt noise (docs/experimental-design.md §6). The prompt stays the unit of the CI
+and the test. Reported beside the win-rate, as the experimental design asks:
+- the A/A control: the base's even-numbered samples vs its odd-numbered ones (other seeds of one
+  model), all cross pairs: its CI must contain 0.5;
 - best-of-k headroom: the judge's mean score of the base's best sample per prompt (what selection can
   reach), beside the base's and the policy's mean score;
 - lengths, end-of-turn rate and truncation counts of both sides;
@@ -43,14 +46,15 @@ def judged_win_rate(prompts: Sequence[Prompt], policy: Sequence[Sequence[Sample]
     sb = [[judge(p, s) for s in group[:k]] for p, group in zip(prompts, base, strict=True)]
     tp = [[s.text for s in g[:k]] for g in policy]
     tb = [[s.text for s in g[:k]] for g in base]
-    main = win_rate_stats(_outcomes(sp, sb, tp, tb, [(j, j) for j in range(k)], tie_eps), seed=seed)
-    control_pairs = [(2 * i, 2 * i + 1) for i in range(k // 2)]
-    control = win_rate_stats(_outcomes(sb, sb, tb, tb, control_pairs, tie_eps), seed=seed + 1)
+    main = win_rate_stats(_outcomes(sp, sb, tp, tb, all_pairs(k), tie_eps), seed=seed)
+    control = win_rate_stats(_outcomes(sb, sb, tb, tb, control_pairs(k), tie_eps), seed=seed + 1)
     diffs = [float(np.mean(a) - np.mean(b)) for a, b in zip(sp, sb, strict=True)]
     result = {
         "judge": judge_name, **main.to_dict(), "tie_rule": f"identical text, or |score gap| <= {tie_eps:g}",
-        "samples_per_prompt": k, "train_prompt_overlap": train_prompt_overlap,
-        "control": {"kind": "A/A: base vs base, other seeds", **control.to_dict()},
+        "samples_per_prompt": k, "comparisons": f"all {k} x {k} (policy sample, base sample) pairs per prompt",
+        "train_prompt_overlap": train_prompt_overlap,
+        "control": {"kind": "A/A: base vs base, other seeds (even vs odd samples, all cross pairs)",
+                    **control.to_dict()},
         "mean_score": {"policy": float(np.mean(sp)), "base": float(np.mean(sb)),
                        "base_best_of_k": float(np.mean([max(s) for s in sb]))},
         "mean_score_diff": float(np.mean(diffs)),
@@ -61,6 +65,17 @@ def judged_win_rate(prompts: Sequence[Prompt], policy: Sequence[Sequence[Sample]
     if proxy is not None:
         result["proxy"] = _proxy(prompts, policy, base, k, proxy, proxy_name or "proxy", result, sp, sb, tie_eps, seed)
     return result
+
+
+def all_pairs(k: int) -> list[tuple[int, int]]:
+    """Every (policy sample, base sample) pair of a prompt."""
+    return [(i, j) for i in range(k) for j in range(k)]
+
+
+def control_pairs(k: int) -> list[tuple[int, int]]:
+    """A/A: even-numbered base samples vs odd-numbered ones, all cross pairs (disjoint seeds on each side;
+    comparing every sample with every other would be symmetric and give exactly 0.5)."""
+    return [(i, j) for i in range(0, k - k % 2, 2) for j in range(1, k - k % 2, 2)]
 
 
 def _lengths(groups: Sequence[Sequence[Sample]], k: int, max_new_tokens: int) -> dict[str, Any]:
@@ -84,7 +99,7 @@ def _proxy(prompts, policy, base, k, proxy, name, judged, sp, sb, eps, seed) -> 
     rb = [flat[i * 2 * k + k:(i + 1) * 2 * k] for i in range(len(prompts))]
     tp = [[s.text for s in g[:k]] for g in policy]
     tb = [[s.text for s in g[:k]] for g in base]
-    pairs = [(j, j) for j in range(k)]
+    pairs = all_pairs(k)
     proxy_out = _outcomes(rp, rb, tp, tb, pairs, eps)
     judge_out = _outcomes(sp, sb, tp, tb, pairs, eps)
     decided = [(a, b) for pa, pb in zip(proxy_out, judge_out, strict=True) for a, b in zip(pa, pb, strict=True)

@@ -130,18 +130,22 @@ class Round:
         result["backend"] = setting.backend  # the backend that ran (a fallback shows here)
         for split, store_name in sets:
             prompts = self.prompts[split]
-            samples = [next(drawn) for _ in prompts]
-            samples, n_withheld = self._screen_answers(prompts, samples)
+            drawn_here = [next(drawn) for _ in prompts]
+            samples, n_withheld = self._screen_answers(prompts, drawn_here)
             self._write_samples(split, prompts, samples)
-            pairs, stats = pairs_from_samples(prompts, samples, setting, score=judge_score, min_gap=c.min_gap,
-                                              source=f"generated:{split}", seed=c.seed)
+            make = {"setting": setting, "score": judge_score, "min_gap": c.min_gap, "source": f"generated:{split}",
+                    "seed": c.seed}
+            pairs, stats = pairs_from_samples(prompts, samples, **make)
             kept = gate_pairs(pairs, mode=c.phi_mode, audit_dir=self.out, fields=self._phi_fields())
             store = SQLiteStore(self.out / store_name)
             store.add_pairs(kept)
             store.close()
-            flat = [s for g in samples for s in g]
+            # pairs the gate cost: those the unscreened answers would have made, minus those stored
+            unscreened = pairs_from_samples(prompts, drawn_here, **make)[1].made if n_withheld else len(pairs)
+            flat = [s for g in drawn_here for s in g]
             result[split] = {"prompts": len(prompts), "pairs": len(kept),
                              "answers_withheld_by_phi_gate": n_withheld,
+                             "pairs_lost_to_phi_gate": unscreened - len(kept),
                              "withheld_by_phi_gate": len(pairs) - len(kept), "skipped_small_gap": stats.skipped_small_gap,
                              "skipped_identical_or_empty": stats.skipped_identical + stats.skipped_empty,
                              "eos_rate": round(sum(s.finished for s in flat) / len(flat), 3)}

@@ -115,7 +115,8 @@ def synthetic(args) -> None:
 
 
 def generated(path: Path, misses: bool) -> None:
-    """Pairs as the round builds them: per prompt, the best and the worst distinct sample by the judge."""
+    """Pairs as the round builds them: per prompt, the best and the worst distinct sample by the judge, gated
+    as pairs (the old order) and with every answer screened before pairing (the round's withhold mode)."""
     rows = load(path)
     groups: dict[tuple[str, str], list[dict]] = defaultdict(list)
     for r in rows:
@@ -142,11 +143,19 @@ def generated(path: Path, misses: bool) -> None:
         shown += [f"{s.entity_type} {p[f][s.start:s.end]!r}" for f, s in found]
     answers = {r["text"] for r in rows}
     flagged_answers = sum(bool(spans(t)) for t in answers)
+    # the round's order (withhold mode): screen every answer first, then pair the clean ones
+    screened = 0
+    for group in groups.values():
+        clean = {r["text"] for r in group if not spans(r["text"])}
+        screened += len(clean) >= 2 and not spans(group[0]["prompt"])
     secs = time.perf_counter() - t0
     print(f"generated text ({path}: {len(answers)} SmolLM2 answers to {len(groups)} prompt groups)")
     print(f"  pairs withheld: {withheld}/{len(pairs)} = {withheld / max(len(pairs), 1):.1%}; "
           f"answers flagged: {flagged_answers}/{len(answers)} = {flagged_answers / max(len(answers), 1):.1%}; "
           f"spans by type {dict(by_type)}; {1000 * secs / max(len(cache), 1):.1f} ms/text")
+    lost = len(pairs) - screened
+    print(f"  answers screened before pairing (the round): pairs lost {lost}/{len(pairs)} = "
+          f"{lost / max(len(pairs), 1):.1%}")
     if misses:
         for line in shown:
             print(f"    FLAGGED {line}")

@@ -36,6 +36,39 @@ def vowel_reward(prompts, responses):
     return [sum(c in "aeiou" for c in r) / max(1, len(r)) for r in responses]
 
 
+# ------------------------------------------------------------------------------------------ speed without change
+def test_reusing_the_rollout_forward_changes_nothing_but_the_time(tmp_path):
+    """One micro batch per update: the scoring forward doubles as the first loss forward (ratio 1). The update
+    must be the same as with the forward repeated: same loss, same statistics, same weights after."""
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
+
+    runs = {}
+    for reuse in (True, False):
+        torch.manual_seed(0)
+        tr = PPOTrainer(tiny_args(tmp_path / str(reuse), lora_dropout=0.0), reward_fn=vowel_reward, prompts=PROMPTS)
+        assert tr._reuse_first_forward  # the default shape qualifies
+        tr._reuse_first_forward = reuse
+        row = tr.train_step()
+        weights = {n: p.detach().clone() for n, p in tr.accelerator.unwrap_model(tr.model).named_parameters()
+                   if p.requires_grad}
+        runs[reuse] = (row, weights)
+    (row_a, w_a), (row_b, w_b) = runs[True], runs[False]
+    for key in ("loss/total", "loss/policy", "loss/value", "policy/approxkl", "val/ratio"):
+        assert row_a[key] == pytest.approx(row_b[key], rel=1e-5, abs=1e-7), key
+    assert w_a.keys() == w_b.keys() and all(torch.allclose(w_a[n], w_b[n], atol=1e-6) for n in w_a)
+    assert any("lora_B" in n and w.abs().sum() > 0 for n, w in w_a.items())  # the update did move the adapter
+
+
+def test_first_forward_is_not_reused_with_dropout_or_several_micro_batches(tmp_path):
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
+
+    dropout = PPOTrainer(tiny_args(tmp_path / "d", lora_dropout=0.1), reward_fn=vowel_reward, prompts=PROMPTS)
+    assert not dropout._reuse_first_forward
+    split = PPOTrainer(tiny_args(tmp_path / "s", per_device_train_batch_size=2, gradient_accumulation_steps=2),
+                       reward_fn=vowel_reward, prompts=PROMPTS)
+    assert not split._reuse_first_forward
+
+
 # ------------------------------------------------------------------------------------------ LoRA reference
 def test_lora_reference_is_the_base_model(tmp_path):
     from align.batching import left_pad

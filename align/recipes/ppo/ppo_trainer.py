@@ -157,6 +157,8 @@ class PPOTrainer:
         if self.reference is not None:
             self.reference = self._prepare_reference(self.reference)
         self._deepspeed = self.accelerator.state.deepspeed_plugin is not None
+        self._reuse_first_forward = self._can_reuse_first_forward()
+        self._first_forward: tuple[torch.Tensor, torch.Tensor] | None = None
         self.kl_ctl = make_kl_controller(args.kl_coef, args.adaptive_kl, args.target_kl, args.kl_horizon)
         # Added to the value head's output; None until the first batch sets it (init_value_from_returns).
         self.value_offset: float | None = None if args.init_value_from_returns else 0.0
@@ -165,6 +167,18 @@ class PPOTrainer:
         self._trainable = {n for n, p in self.accelerator.unwrap_model(self.model).named_parameters()
                            if p.requires_grad}
         self.accelerator.register_save_state_pre_hook(self._keep_trainable_weights)
+
+    def _can_reuse_first_forward(self) -> bool:
+        """The first micro batch of the first PPO epoch runs the very policy that scored the rollout (ratio 1):
+        when one micro batch is the whole rollout batch, the scoring forward is run with gradients and reused
+        instead of repeated (one policy forward per update saved; bench_ppo_vs_trl112.py). Only where the two
+        forwards are the same function: no dropout (train and eval modes agree), no checkpointing (eval
+        mode would store every activation), no DeepSpeed engine."""
+        args = self.args
+        single = (args.per_device_train_batch_size == args.local_batch_size <= args.local_rollout_forward_batch_size
+                  and args.gradient_accumulation_steps == 1)  # one rollout chunk, one micro batch
+        dropout = any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in self.model.modules())
+        return single and not dropout and not args.gradient_checkpointing and not self._deepspeed
 
     # ---------------------------------------------------------------- setup helpers
     def _setup_judge(self, judge_fn: RewardFn | None, judge_prompts: Sequence[str] | None,
@@ -300,8 +314,12 @@ class PPOTrainer:
         ids, attn = batch.input_ids.to(device), batch.attention_mask.to(device)
         ctx = batch.query.shape[1]
         response = batch.response.to(device)
-        logits, values = self.model(ids, attn, ctx)
-        logprobs = logprobs_from_logits(logits, response, t)
+        with torch.set_grad_enabled(self._reuse_first_forward):
+            logits, values = self.model(ids, attn, ctx)
+        if self._reuse_first_forward:  # kept, graph and all, for the first micro batch (_optimise)
+            self._first_forward = (logits, values)
+        logprobs = logprobs_from_logits(logits.detach(), response, t)
+        values = values.detach()
         del logits
         unwrapped = self.accelerator.unwrap_model(self.model)
         with reference_mode(unwrapped.policy, self.reference) as ref:
@@ -353,13 +371,15 @@ class PPOTrainer:
         return float(self.accelerator.reduce(local, reduction="mean"))
 
     # ---------------------------------------------------------------- optimisation
-    def _loss(self, mb: dict) -> tuple[torch.Tensor, dict]:
+    def _loss(self, mb: dict, forward: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[torch.Tensor, dict]:
         args, device = self.args, self.accelerator.device
         query, response = mb["query"].to(device), mb["response"].to(device)
         mask = mb["response_mask"].to(device)
-        ids = torch.cat([query, response], 1)
-        attn = torch.cat([mb["query_mask"].to(device), mask], 1)
-        logits, vpred = self.model(ids, attn, query.shape[1])
+        if forward is None:
+            ids = torch.cat([query, response], 1)
+            attn = torch.cat([mb["query_mask"].to(device), mask], 1)
+            forward = self.model(ids, attn, query.shape[1])
+        logits, vpred = forward
         vpred = vpred + (self.value_offset or 0.0)
         scaled = logits / args.temperature
         new_logp = logprobs_from_logits(logits, response, args.temperature)
@@ -397,8 +417,11 @@ class PPOTrainer:
                     sel = order[u0:u0 + micro]
                     mb = {k: r[k][sel] for k in ("query", "query_mask", "response", "response_mask", "logprobs",
                                                  "advantages", "values", "returns")}
+                    reused, self._first_forward = self._first_forward, None
+                    if reused is not None:  # the rollout's own forward, rows in this micro batch's order
+                        reused = (reused[0][sel], reused[1][sel])
                     with self.accelerator.accumulate(self.model):
-                        loss, s = self._loss(mb)
+                        loss, s = self._loss(mb, reused)
                         self.accelerator.backward(loss)
                         if self.accelerator.sync_gradients and args.max_grad_norm:
                             self.accelerator.clip_grad_norm_(self.model.parameters(), args.max_grad_norm)

@@ -78,9 +78,10 @@ class PPOTrainer:
         from accelerate.utils import set_seed
 
         from align.models import eos_token_ids, generation_eos, load_causal_lm, load_tokenizer
-        from align.recipes.recipe_utils import set_threads
+        from align.recipes.recipe_utils import keep_bf16_where_it_pays, set_threads
 
         set_threads(args.num_threads)
+        keep_bf16_where_it_pays(args)  # bf16: true in a config means "where it pays" (fp32 on older CPUs)
         self.args, self.config_path = args, config_path
         self.output_dir = Path(args.output_dir)
         if args.deepspeed and (args.use_cpu or os.environ.get("ACCELERATE_USE_CPU", "").lower() in ("1", "true")):

@@ -22,6 +22,13 @@ def _parse_round(path: Path, overrides: dict):
     cfg = RoundConfig.load(str(path), overrides)
     for stage_path in (cfg.dpo_config, cfg.ppo_config, cfg.reward_config, cfg.sft_config):
         assert (REPO / stage_path).is_file(), f"{path.name} names {stage_path}, which does not exist"
+    # the round's per-stage overrides must parse with the stage's own config, as the round runs them
+    # (a key that needs another, e.g. bf16 on CPU without use_cpu, fails here and not after 5 minutes)
+    from align.stage_registry import for_config
+
+    for stage_path, stage_overrides in ((cfg.dpo_config, cfg.dpo_overrides), (cfg.ppo_config, cfg.ppo_overrides),
+                                        (cfg.reward_config, cfg.reward_overrides), (cfg.sft_config, cfg.sft_overrides)):
+        for_config(Path(stage_path).stem).parse(str(REPO / stage_path), dict(stage_overrides))
     return cfg
 
 

@@ -40,8 +40,21 @@ def _rows(path: str) -> list[dict]:
     return rows
 
 
-def extract(rows: list[dict], batch: int = 8) -> np.ndarray:
-    """(n, 2, layers, hidden): mean-pooled response hidden states of chosen (0) and rejected (1)."""
+def chat_messages(prompt: str) -> list[dict]:
+    """hh-rlhf's "\n\nHuman: ... \n\nAssistant: ..." transcript as chat messages (the last is the human's)."""
+    import re
+
+    parts = re.split(r"\n\n(Human|Assistant):", "\n\n" + prompt.strip())
+    roles = {"Human": "user", "Assistant": "assistant"}
+    return [{"role": roles[parts[i]], "content": parts[i + 1].strip()} for i in range(1, len(parts) - 1, 2)
+            if parts[i + 1].strip()]
+
+
+def extract(rows: list[dict], batch: int = 8, chat: bool = False) -> np.ndarray:
+    """(n, 2, layers, hidden): mean-pooled response hidden states of chosen (0) and rejected (1).
+
+    chat: the prompt in the model's chat template (what a reward recipe on a chat model would read),
+    else hh-rlhf's raw transcript."""
     import torch
     from tqdm import tqdm
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -59,7 +72,9 @@ def extract(rows: list[dict], batch: int = 8) -> np.ndarray:
     for i in tqdm(range(0, len(texts), batch), desc="features", unit="batch"):
         enc = []
         for prompt, resp in texts[i:i + batch]:
-            r = tok(" " + resp.strip(), add_special_tokens=False)["input_ids"][:MAX_RESPONSE]
+            r = tok(("" if chat else " ") + resp.strip(), add_special_tokens=False)["input_ids"][:MAX_RESPONSE]
+            if chat:
+                prompt = tok.apply_chat_template(chat_messages(prompt), tokenize=False, add_generation_prompt=True)
             p = tok(prompt, add_special_tokens=False)["input_ids"][-(MAX_LEN - len(r)):]  # keep the last turns
             enc.append((p, r))
         width = max(len(p) + len(r) for p, r in enc)
@@ -122,10 +137,11 @@ def bootstrap_ci(hits: np.ndarray, n_boot: int = 2000) -> tuple[float, float]:
     return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
 
 
-def _features(path: str, cache: Path) -> np.ndarray:
+def _features(path: str, cache: Path, chat: bool) -> np.ndarray:
+    cache = cache.with_name(cache.stem + ("_chat" if chat else "") + cache.suffix)
     if cache.is_file():
         return np.load(cache)
-    feats = extract(_rows(path))
+    feats = extract(_rows(path), chat=chat)
     np.save(cache, feats)
     return feats
 
@@ -135,11 +151,12 @@ def main() -> None:
     ap.add_argument("--pairs", required=True, help="training pairs (JSONL prompt/chosen/rejected)")
     ap.add_argument("--heldout", help="score this file once with the CV-chosen setting")
     ap.add_argument("--cache", default="runs/probe", help="folder for cached features")
+    ap.add_argument("--chat", action="store_true", help="prompts in the model's chat template, not raw hh text")
     a = ap.parse_args()
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     rows = _rows(a.pairs)
-    feats = _features(a.pairs, cache / (Path(a.pairs).stem + ".npy"))
+    feats = _features(a.pairs, cache / (Path(a.pairs).stem + ".npy"), a.chat)
     diff = feats[:, 0] - feats[:, 1]
     acc = cross_validate(diff, folds(rows))
     (layer, penalty), best = max(acc.items(), key=lambda kv: kv[1])
@@ -150,7 +167,7 @@ def main() -> None:
         li = LAYERS.index(layer)
         scale = diff[:, li].std(0) + 1e-6
         w = fit(diff[:, li] / scale, penalty)
-        held = _features(a.heldout, cache / (Path(a.heldout).stem + ".npy"))
+        held = _features(a.heldout, cache / (Path(a.heldout).stem + ".npy"), a.chat)
         hits = (((held[:, 0, li] - held[:, 1, li]) / scale) @ w > 0).astype(float)
         lo, hi = bootstrap_ci(hits)
         print(f"held-out {a.heldout}: accuracy {hits.mean():.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {len(hits)})")

@@ -57,16 +57,13 @@ def extract(rows: list[dict], batch: int = 8, chat: bool = False) -> np.ndarray:
     else hh-rlhf's raw transcript."""
     import torch
     from tqdm import tqdm
-    from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from align.models import cpu_has_bf16
-    from clinalign_base.models import SMOLLM2, resolve_model
+    from align.models import load_causal_lm, load_tokenizer, preferred_dtype
+    from clinalign_base.models import SMOLLM2
 
-    path = resolve_model(SMOLLM2)
-    tok = AutoTokenizer.from_pretrained(path)
-    dtype = torch.bfloat16 if cpu_has_bf16() else torch.float32
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).eval()
-    pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+    tok = load_tokenizer(SMOLLM2, padding_side="right")
+    model = load_causal_lm(SMOLLM2, dtype=preferred_dtype()).eval()
+    pad = tok.pad_token_id
     texts = [(r["prompt"], r[side]) for r in rows for side in ("chosen", "rejected")]
     out = []
     for i in tqdm(range(0, len(texts), batch), desc="features", unit="batch"):
@@ -131,12 +128,6 @@ def cross_validate(diff: np.ndarray, fold: np.ndarray) -> dict[tuple[int, float]
     return acc
 
 
-def bootstrap_ci(hits: np.ndarray, n_boot: int = 2000) -> tuple[float, float]:
-    rng = np.random.default_rng(0)
-    means = rng.choice(hits, size=(n_boot, len(hits))).mean(1)
-    return float(np.quantile(means, 0.025)), float(np.quantile(means, 0.975))
-
-
 def _features(path: str, cache: Path, chat: bool) -> np.ndarray:
     cache = cache.with_name(cache.stem + ("_chat" if chat else "") + cache.suffix)
     if cache.is_file():
@@ -153,6 +144,7 @@ def main() -> None:
     ap.add_argument("--cache", default="runs/probe", help="folder for cached features")
     ap.add_argument("--chat", action="store_true", help="prompts in the model's chat template, not raw hh text")
     a = ap.parse_args()
+    from reward_models.metrics import accuracy_with_ci, pair_outcomes
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     rows = _rows(a.pairs)
@@ -168,9 +160,10 @@ def main() -> None:
         scale = diff[:, li].std(0) + 1e-6
         w = fit(diff[:, li] / scale, penalty)
         held = _features(a.heldout, cache / (Path(a.heldout).stem + ".npy"), a.chat)
-        hits = (((held[:, 0, li] - held[:, 1, li]) / scale) @ w > 0).astype(float)
-        lo, hi = bootstrap_ci(hits)
-        print(f"held-out {a.heldout}: accuracy {hits.mean():.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {len(hits)})")
+        # the reward is w . features; pairwise accuracy and its CI as `reward eval` computes them
+        res = accuracy_with_ci(pair_outcomes((held[:, 0, li] / scale) @ w, (held[:, 1, li] / scale) @ w))
+        lo, hi = res["ci95"]
+        print(f"held-out {a.heldout}: accuracy {res['accuracy']:.3f} (95% CI {lo:.3f}-{hi:.3f}, n = {res['n']})")
 
 
 if __name__ == "__main__":

@@ -21,7 +21,8 @@ def login(browser, url: str, user: str):
     page.fill("input[type=password]", PASSWORD)
     page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#vote-a", timeout=20_000)
-    page.wait_for_function("document.querySelector('#answer-a').innerText.trim().length > 0", timeout=20_000)
+    # Gradio may mount #answer-a after #vote-a; a predicate that throws fails the wait, so it must allow null.
+    page.wait_for_function("(document.querySelector('#answer-a')?.innerText ?? '').trim().length > 0", timeout=20_000)
     return page
 
 

@@ -14,6 +14,8 @@ from clinalign_base.models import (  # noqa: F401  (re-exported: align's one fac
     SMOLLM2_GGUF,
     TINY_LLAMA,
     cache_dir,
+    cpu_has_bf16,
+    preferred_dtype,
     resolve_model,
 )
 
@@ -55,24 +57,6 @@ def chat_prompt(tokenizer, prompt: str) -> str:
     """Format a user prompt with the model's chat template, ready for the assistant's answer."""
     return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
                                          add_generation_prompt=True)
-
-
-def cpu_has_bf16() -> bool:
-    """AMX or AVX-512 BF16 on this CPU (Linux flags): bfloat16 matmuls then run ~2x fp32 here."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return " amx_bf16" in flags or " avx512_bf16" in flags
-
-
-def preferred_dtype() -> str:
-    """The dtype inference should use: bf16 on GPUs that have it and on AMX/AVX512-BF16 CPUs."""
-    import torch
-
-    if torch.cuda.is_available():
-        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
-    return "bfloat16" if cpu_has_bf16() else "float32"
 
 
 def generation_eos(model_spec: str) -> int | list[int] | None:

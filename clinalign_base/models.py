@@ -139,3 +139,21 @@ def resolve_model(spec: str) -> str:
             f"model '{spec}' is not a local folder; clinalign never downloads weights at run time "
             f"(set HF_HUB_OFFLINE=0 to allow a hub id, or pass a local path)")
     return spec
+
+
+def cpu_has_bf16() -> bool:
+    """AMX or AVX-512 BF16 on this CPU (Linux flags): bfloat16 matmuls then run ~2x fp32 here."""
+    try:
+        flags = open("/proc/cpuinfo").read()
+    except OSError:
+        return False
+    return " amx_bf16" in flags or " avx512_bf16" in flags
+
+
+def preferred_dtype() -> str:
+    """The dtype inference should use: bf16 on GPUs that have it and on AMX/AVX512-BF16 CPUs."""
+    import torch
+
+    if torch.cuda.is_available():
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "bfloat16" if cpu_has_bf16() else "float32"

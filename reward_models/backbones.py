@@ -22,8 +22,8 @@ def resolve_backbone(spec: str) -> str:
         raise ClinalignError(f"reward model '{spec}' is not a local folder (nothing is downloaded at run time)")
     if not (path / "config.json").is_file() and not (path / "adapter_config.json").is_file():
         raise ClinalignError(f"reward model folder '{spec}' has no config.json (not a Hugging Face model)")
-    if (path / "config.json").is_file() and BIENCODER_TYPE in (path / "config.json").read_text():
-        register_architectures()  # our own architecture: the Auto classes must know it before loading
+    if (path / "config.json").is_file() and any(t in (path / "config.json").read_text() for t in OWN_TYPES):
+        register_architectures()  # our own architectures: the Auto classes must know them before loading
     return str(path)
 
 
@@ -52,6 +52,7 @@ def check_reward_model(path: str) -> None:
 # its own and mean-pooled, as sentence-transformers does.
 
 BIENCODER_TYPE = "clinalign_biencoder"
+OWN_TYPES = (BIENCODER_TYPE, "clinalign_probe")  # reward_models/probe.py: PROBE_TYPE
 BIENCODER_SEPARATOR = " [SEP] "
 
 
@@ -141,8 +142,12 @@ def split_segments(input_ids, attention_mask, *, cls_id: int, sep_id: int,
 
 
 def register_architectures() -> None:
-    """Make `AutoModelForSequenceClassification` load the bi-encoder reward model (idempotent)."""
+    """Make `AutoModelForSequenceClassification` load the bi-encoder and probe reward models (idempotent)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from reward_models.probe import register_probe
+
+    register_probe()
 
     config_cls, model_cls = _biencoder_classes()
     try:

@@ -167,7 +167,10 @@ def train_ensemble(config: str, overrides: dict[str, Any], k: int,
         raise ClinalignError(f"an ensemble needs at least 2 members, got --members {k}")
     if train is None:
         from reward_models.train import train_from_yaml as train
-    _, train_args, _ = parse_config(config, overrides)
+    script, train_args, _ = parse_config(config, overrides)
+    if script.reward_architecture == "probe":
+        raise InputError("reward_architecture probe is fitted in closed form: members with other seeds would be "
+                         "the same model, and their spread no uncertainty", path=config)
     out, seed = Path(train_args.output_dir), int(train_args.seed)
     _prepare_folder(out, k)
     members = []

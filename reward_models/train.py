@@ -78,7 +78,15 @@ class RewardScriptArguments:
         "help": "Share of an answer's 8-word shingles found in an evaluation answer that counts as overlap."})
     reward_architecture: str = field(default="cross", metadata={
         "help": "cross: [CLS] prompt+response → linear head (random init). biencoder: scale * cos(question, "
-                "answer) + bias over mean-pooled sentence embeddings, exactly the backbone's cosine at step 0."})
+                "answer) + bias over mean-pooled sentence embeddings, exactly the backbone's cosine at step 0. "
+                "probe: a frozen causal LM's response-mean hidden state at one layer → linear head fitted in "
+                "closed form, layer and L2 chosen by grouped cross-validation (reward_models/probe.py)."})
+    probe_layers: list[int] = field(default_factory=lambda: [6, 10, 14, 18], metadata={
+        "help": "probe: candidate backbone layers (the forward pass stops after the deepest)."})
+    probe_penalties: list[float] = field(default_factory=lambda: [3.0, 1.0, 0.3, 0.1], metadata={
+        "help": "probe: candidate L2 penalties of the head (on standardised features)."})
+    probe_folds: int = field(default=5, metadata={"help": "probe: cross-validation folds, grouped by conversation."})
+    probe_batch_size: int = field(default=8, metadata={"help": "probe: answers per forward pass."})
     cosine_scale: float = field(default=20.0, metadata={"help": "biencoder: initial scale of the cosine."})
     segment_max_length: int = field(default=256, metadata={
         "help": "biencoder: tokens per side (question, answer), cut from the right as sentence-transformers does."})
@@ -138,7 +146,7 @@ def parse_config(path: str, overrides: dict[str, Any] | None = None):
     return script, train_args, model_args
 
 
-def _split(rows: list[dict], script: RewardScriptArguments, seed: int) -> tuple[list[dict], list[dict]]:
+def split_rows(rows: list[dict], script: RewardScriptArguments, seed: int) -> tuple[list[dict], list[dict]]:
     if script.eval_dataset_path:
         from annotation.preferences import load_preference_rows
 
@@ -159,13 +167,15 @@ def _group(row: dict) -> str:
 
 
 def encode_pairs(rows: list[dict], tokenizer, fmt: RewardFormat, script: RewardScriptArguments,
-                 ratings: tuple[list, list] | None = None) -> tuple[dict, dict]:
-    """Columns for TRL (chosen_ids, rejected_ids[, margin][, ratings_*]) and the truncation counts."""
+                 ratings: tuple[list, list] | None = None, keep_index: bool = False) -> tuple[dict, dict]:
+    """Columns for TRL (chosen_ids, rejected_ids[, margin][, ratings_*]) and the truncation counts
+    (keep_index: also stats["kept"], the indices of the rows that were not dropped)."""
     from rich.progress import track
 
     cols: dict[str, list] = {"chosen_ids": [], "rejected_ids": [], "margin": [],
                              "ratings_chosen": [], "ratings_rejected": []}
-    stats = {"n_pairs": len(rows), "n_prompt_truncated": 0, "n_dropped_too_long": 0}
+    stats: dict[str, Any] = {"n_pairs": len(rows), "n_prompt_truncated": 0, "n_dropped_too_long": 0}
+    kept: list[int] = []
     for i, row in enumerate(track(rows, description="Tokenizing pairs", transient=True)):
         c = encode(tokenizer, row["prompt"], row["chosen"], fmt)
         r = encode(tokenizer, row["prompt"], row["rejected"], fmt)
@@ -173,6 +183,7 @@ def encode_pairs(rows: list[dict], tokenizer, fmt: RewardFormat, script: RewardS
             stats["n_dropped_too_long"] += 1
             continue
         stats["n_prompt_truncated"] += int(c.prompt_cut or r.prompt_cut)
+        kept.append(i)
         cols["chosen_ids"].append(c.input_ids)
         cols["rejected_ids"].append(r.input_ids)
         cols["margin"].append(float(row.get("margin") or 0.0) * script.margin_scale)
@@ -184,6 +195,8 @@ def encode_pairs(rows: list[dict], tokenizer, fmt: RewardFormat, script: RewardS
     if ratings is None:
         del cols["ratings_chosen"], cols["ratings_rejected"]
     stats["n_used"] = len(cols["chosen_ids"])
+    if keep_index:
+        stats["kept"] = kept
     return cols, stats
 
 
@@ -265,11 +278,12 @@ def _load_backbone(model_args, train_args, script: RewardScriptArguments):
             path, num_labels=1, dtype=dtype, trust_remote_code=train_args.trust_remote_code,
             attn_implementation=model_args.attn_implementation)
     else:
-        raise InputError(f"reward_architecture must be 'cross' or 'biencoder', got {script.reward_architecture!r}")
+        raise InputError(f"reward_architecture must be 'cross', 'biencoder' or 'probe', "
+                         f"got {script.reward_architecture!r}")
     return spec, path, tok, model
 
 
-def _load_rows(script: RewardScriptArguments, config_path: str, seed: int,
+def load_rows(script: RewardScriptArguments, config_path: str, seed: int,
                embed=None) -> tuple[list[dict], dict]:
     """The training rows: dataset_path's pairs plus the built recipe's (pairs_recipe)."""
     from annotation.preferences import load_preference_rows
@@ -304,7 +318,7 @@ def _miner(script: RewardScriptArguments, model, tok, config_path: str):
     return lambda texts: embed_texts(model, tok, texts)
 
 
-def _reward_format(script: RewardScriptArguments, train_args, tok, config_path: str) -> RewardFormat:
+def reward_format(script: RewardScriptArguments, train_args, tok, config_path: str) -> RewardFormat:
     if script.reward_architecture == "biencoder":
         # Each side is cut inside the model (segment_max_length); the joint text only has to keep both.
         max_length = train_args.max_length or 8 * script.segment_max_length
@@ -397,6 +411,10 @@ def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
     script, train_args, model_args = parse_config(path, overrides)
     if script.num_threads:
         torch.set_num_threads(script.num_threads)
+    if script.reward_architecture == "probe":
+        from reward_models.probe_train import train_probe
+
+        return train_probe(path, script, train_args, model_args)
     if not torch.cuda.is_available() and train_args.activation_checkpointing:
         # 3-4x slower on CPU and saves nothing we need (transformers 5 mirrors the old name)
         train_args.activation_checkpointing = train_args.gradient_checkpointing = False
@@ -411,9 +429,9 @@ def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
 
     set_seed(train_args.seed)  # the fresh head's init too, so a run (and a resumed one) is reproducible
     spec, backbone_path, tok, model = _load_backbone(model_args, train_args, script)
-    rows, built = _load_rows(script, path, train_args.seed, embed=_miner(script, model, tok, path))
-    train_rows, eval_rows = _split(rows, script, train_args.seed)
-    fmt = _reward_format(script, train_args, tok, path)
+    rows, built = load_rows(script, path, train_args.seed, embed=_miner(script, model, tok, path))
+    train_rows, eval_rows = split_rows(rows, script, train_args.seed)
+    fmt = reward_format(script, train_args, tok, path)
     mo_spec, ratings = None, None
     if script.multi_objective:
         mo_spec, ratings = _multi_objective_setup(script, train_rows, model, path)
@@ -458,8 +476,8 @@ def train_from_yaml(path: str, overrides: dict[str, Any] | None = None) -> Path:
         metrics.update({"eval_accuracy": held["accuracy"], "eval_n": held["n"],
                         "eval_mean_margin": held["mean_margin"]})
     if trainer.accelerator.is_main_process:
-        _finish(trainer, final, tok, fmt, out, work, metrics, mo_spec, ratings, eval_rows,
-                (path, script, train_args, model_args, spec, backbone_path))
+        save_model_folder(getattr(trainer, "rating_head", None), final, tok, fmt, out, work, metrics, mo_spec,
+                          ratings, eval_rows, (path, script, train_args, model_args, spec, backbone_path))
     trainer.accelerator.wait_for_everyone()  # the others return once rank 0 has put the model in place
     return out
 
@@ -487,8 +505,9 @@ def _train_log_metrics(trainer) -> dict:
     return out
 
 
-def _finish(trainer, final, tok, fmt: RewardFormat, out: Path, work: Path, metrics: dict, mo_spec, ratings,
-            eval_rows: list[dict], manifest_args: tuple) -> None:
+def save_model_folder(rating_head, final, tok, fmt: RewardFormat, out: Path, work: Path, metrics: dict, mo_spec,
+                      ratings, eval_rows: list[dict], manifest_args: tuple,
+                      trainer_name: str = "trl.RewardTrainer (Bradley-Terry)") -> None:
     """Rank 0: model, tokenizer, format, checkpoints and manifest into a temp sibling, then swapped in."""
     tmp = temp_dir_beside(out)
     try:
@@ -499,14 +518,14 @@ def _finish(trainer, final, tok, fmt: RewardFormat, out: Path, work: Path, metri
         if mo_spec is not None:
             from reward_models.multi_objective import save_head
 
-            save_head(trainer.rating_head, mo_spec, tmp)
+            save_head(rating_head, mo_spec, tmp)
             metrics["n_rated_pairs"] = _count_rated(ratings)
             if eval_rows:
                 metrics.update(_rating_eval(tmp, eval_rows, mo_spec))
         if eval_rows:  # the validation pairs by prompt, so `reward eval --data` can score the same split
             with open(tmp / HELDOUT_FILE, "w", encoding="utf-8") as fh:
                 fh.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in eval_rows)
-        _write_manifest(tmp, out, *manifest_args, metrics)
+        _write_manifest(tmp, out, *manifest_args, metrics, trainer_name)
         if any(work.glob("checkpoint-*")):  # kept, so a finished run can be continued (resume: true)
             os.replace(work, tmp / "checkpoints")
         _place(tmp, out, manifest_args[1].overwrite)
@@ -516,7 +535,7 @@ def _finish(trainer, final, tok, fmt: RewardFormat, out: Path, work: Path, metri
 
 
 def _write_manifest(tmp: Path, out: Path, config_path: str, script, train_args, model_args, spec: str,
-                    backbone_path: str, metrics: dict) -> None:
+                    backbone_path: str, metrics: dict, trainer_name: str) -> None:
     inputs = [ref("config", config_path)]
     if script.dataset_path:
         inputs.append(ref("train_data", script.dataset_path))
@@ -537,5 +556,5 @@ def _write_manifest(tmp: Path, out: Path, config_path: str, script, train_args, 
         outputs=[{"role": "reward_model", "path": str(out), "sha256": path_sha256(tmp)}],
         config={"script": dataclasses.asdict(script), "training": train_cfg,
                 "model": dataclasses.asdict(model_args)},
-        metrics=metrics, annotations={"base_model": spec, "trainer": "trl.RewardTrainer (Bradley-Terry)"})
+        metrics=metrics, annotations={"base_model": spec, "trainer": trainer_name})
     write_manifest(tmp, manifest)

@@ -88,43 +88,13 @@ def extract(rows: list[dict], batch: int = 8, chat: bool = False) -> np.ndarray:
     return np.stack(out).reshape(len(rows), 2, len(LAYERS), -1)
 
 
-def fit(x: np.ndarray, penalty: float) -> np.ndarray:
-    """Bradley-Terry head without bias on differences x (chosen - rejected), L2-penalised."""
-    import torch
+def cross_validated(rows: list[dict], diff: np.ndarray) -> dict[tuple[int, float], float]:
+    """Grouped 5-fold CV of every (layer, penalty), with `reward_architecture: probe`'s own functions."""
+    from reward_models.probe import conversation_key, cross_validate, grouped_folds
 
-    xt = torch.tensor(x, dtype=torch.float64)
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.softplus(-(xt @ w)).mean() + penalty * (w * w).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    return w.detach().numpy()
-
-
-def folds(rows: list[dict], k: int = 5) -> np.ndarray:
-    """Fold per pair, grouped by the first human turn so that near-duplicate prompts stay together."""
-    keys = [r["prompt"].split("\n\nAssistant:")[0].strip().lower() for r in rows]
-    order = {key: i for i, key in enumerate(dict.fromkeys(keys))}
-    perm = np.random.default_rng(0).permutation(len(order))
-    return np.array([perm[order[key]] % k for key in keys])
-
-
-def cross_validate(diff: np.ndarray, fold: np.ndarray) -> dict[tuple[int, float], float]:
-    acc = {}
-    for li, layer in enumerate(LAYERS):
-        for penalty in PENALTIES:
-            correct = 0
-            for f in range(fold.max() + 1):
-                tr, te = diff[fold != f, li], diff[fold == f, li]
-                scale = tr.std(0) + 1e-6
-                correct += int(np.sum((te / scale) @ fit(tr / scale, penalty) > 0))
-            acc[(layer, penalty)] = correct / len(diff)
-            print(f"layer {layer:2d}  L2 {penalty:<4g}  CV accuracy {acc[(layer, penalty)]:.3f}", flush=True)
+    acc = cross_validate(diff, grouped_folds([conversation_key(r) for r in rows], 5, seed=0), LAYERS, PENALTIES)
+    for (layer, penalty), a in acc.items():
+        print(f"layer {layer:2d}  L2 {penalty:<4g}  CV accuracy {a:.3f}", flush=True)
     return acc
 
 
@@ -145,12 +115,13 @@ def main() -> None:
     ap.add_argument("--chat", action="store_true", help="prompts in the model's chat template, not raw hh text")
     a = ap.parse_args()
     from reward_models.metrics import accuracy_with_ci, pair_outcomes
+    from reward_models.probe import fit_head
     cache = Path(a.cache)
     cache.mkdir(parents=True, exist_ok=True)
     rows = _rows(a.pairs)
     feats = _features(a.pairs, cache / (Path(a.pairs).stem + ".npy"), a.chat)
     diff = feats[:, 0] - feats[:, 1]
-    acc = cross_validate(diff, folds(rows))
+    acc = cross_validated(rows, diff)
     (layer, penalty), best = max(acc.items(), key=lambda kv: kv[1])
     half = 1.96 * (best * (1 - best) / len(rows)) ** 0.5  # optimistic: the best of len(acc) settings
     print(f"chosen on CV: layer {layer}, L2 {penalty}: {best:.3f} (±{half:.3f}, n = {len(rows)}, "
@@ -158,7 +129,7 @@ def main() -> None:
     if a.heldout:
         li = LAYERS.index(layer)
         scale = diff[:, li].std(0) + 1e-6
-        w = fit(diff[:, li] / scale, penalty)
+        w = fit_head(diff[:, li] / scale, penalty)
         held = _features(a.heldout, cache / (Path(a.heldout).stem + ".npy"), a.chat)
         # the reward is w . features; pairwise accuracy and its CI as `reward eval` computes them
         res = accuracy_with_ci(pair_outcomes((held[:, 0, li] / scale) @ w, (held[:, 1, li] / scale) @ w))

@@ -366,6 +366,35 @@ def test_batch_sizes_that_do_not_divide_are_refused(tmp_path):
         train_from_yaml(str(cfg), {"num_mini_batches": 0})
 
 
+def test_leave_one_out_baseline_scores_each_answer_against_its_siblings():
+    from align.recipes.ppo.ppo_trainer import baselined
+
+    scores = torch.tensor([1.0, 3.0, 2.0, 10.0, 10.0, 13.0])
+    out = baselined(scores, 3, "leave_one_out")
+    # 1 - mean(3, 2), 3 - mean(1, 2), ...: the easy question's answers (10, 10, 13) no longer look best
+    assert out.tolist() == [-1.5, 1.5, 0.0, -1.5, -1.5, 3.0]
+    assert torch.equal(baselined(scores, 3, "none"), scores)
+    assert torch.equal(baselined(scores, 1, "leave_one_out"), scores)
+
+
+def test_samples_per_prompt_rolls_out_each_prompt_k_times_and_rewards_relative_scores(tmp_path):
+    from align.recipes.ppo.ppo_trainer import PPOTrainer
+
+    def reward(prompts, responses):  # the question's own difficulty dominates the raw score
+        return [10.0 * ("gout" in p) + vowel_reward([p], [r])[0] for p, r in zip(prompts, responses, strict=True)]
+
+    tr = PPOTrainer(tiny_args(tmp_path, samples_per_prompt=2, temperature=1.0), reward_fn=reward, prompts=PROMPTS)
+    idx = tr._batch_prompt_indices(0) + tr._batch_prompt_indices(1)
+    assert idx[0::2] == idx[1::2]  # k consecutive copies of each prompt
+    assert sorted(set(idx)) == [0, 1, 2, 3]  # 2 updates x 2 prompts: one pass over the 4 prompts
+    r = tr._rollout(tr._batch_prompt_indices(0))
+    pairs = r["rewarded"].view(-1, 2)
+    torch.testing.assert_close(pairs.sum(1), torch.zeros(2))  # relative to the sibling: sums to 0
+    torch.testing.assert_close(pairs[:, 0], (r["scores"].view(-1, 2)[:, 0] - r["scores"].view(-1, 2)[:, 1]))
+    with pytest.raises(ClinalignError, match="samples_per_prompt=3"):
+        tiny_args(tmp_path, samples_per_prompt=3)  # does not divide the rollout batch of 4
+
+
 # ------------------------------------------------------------------------------------------ DeepSpeed
 DS_CHILD = textwrap.dedent('''
     import json, sys

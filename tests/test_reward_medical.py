@@ -179,10 +179,10 @@ def test_mined_negatives_are_the_answers_the_embedding_puts_nearest():
 
 
 def test_validation_split_keeps_a_topic_on_one_side():
-    from reward_models.train import RewardScriptArguments, _split
+    from reward_models.train import RewardScriptArguments, split_rows
 
     pairs, _ = build_pairs(CORPUS, seed=0, n_similar=1)
-    train, val = _split(pairs, RewardScriptArguments(eval_fraction=0.4), seed=1)
+    train, val = split_rows(pairs, RewardScriptArguments(eval_fraction=0.4), seed=1)
     assert train and val and len(train) + len(val) == len(pairs)
     assert not {p["group"] for p in train} & {p["group"] for p in val}
 

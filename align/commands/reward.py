@@ -46,7 +46,8 @@ def train_cmd(
     members: Annotated[int, typer.Option(help="Train an ensemble of this many members (seeds seed, seed+1, ...) "
                                          "into output_dir/member-<i>, with output_dir/ensemble.json.")] = 1,
 ) -> None:
-    """Train a Bradley–Terry reward model (TRL RewardTrainer). Extra --key value pairs override the YAML."""
+    """Train a Bradley–Terry reward model (TRL RewardTrainer, or a probe head fitted in closed form on a frozen
+    model: reward_architecture probe). Extra --key value pairs override the YAML."""
     from annotation.manifest import read_manifest
     from reward_models.train import train_from_yaml
 
@@ -58,9 +59,12 @@ def train_cmd(
         return
     out = train_from_yaml(config, overrides)
     m = read_manifest(out)["metrics"]
+    how = (f"probe on layer {m['probe_layer']} (L2 {m['probe_penalty']:g}, cross-validated accuracy "
+           f"{m['probe_cv_accuracy']:.3f}), {m['seconds_per_pair']} s/pair" if "probe_layer" in m
+           else f"{m['global_step']} steps, {m['seconds_per_step']} s/step")
     console.print(Text.assemble("reward model written to ", (str(out), "bold"), f": {m['n_used']} pairs trained "
                   f"({m['n_prompt_truncated']} with the prompt cut from the left, {m['n_dropped_too_long']} "
-                  f"dropped as too long), {m['global_step']} steps, {m['seconds_per_step']} s/step"
+                  f"dropped as too long), {how}"
                   + (f", held-out accuracy {m['eval_accuracy']:.3f} on {m['eval_n']} pairs" if "eval_accuracy" in m else "")))
 
 

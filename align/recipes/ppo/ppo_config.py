@@ -77,6 +77,13 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
     rollout_batch_size: int | None = field(default=None, metadata={
         "help": "Optional check: prompts per rollout per process; must equal "
                 "per_device_train_batch_size * gradient_accumulation_steps * num_mini_batches."})
+    samples_per_prompt: int = field(default=1, metadata={
+        "help": "Responses sampled per prompt in a rollout batch (must divide it). With 2 or more, each "
+                "response's score is taken relative to the mean of its siblings' (reward_baseline)."})
+    reward_baseline: Literal["none", "leave_one_out"] = field(default="leave_one_out", metadata={
+        "help": "With samples_per_prompt >= 2: leave_one_out subtracts from each score the mean score of "
+                "the other responses to the same prompt (RLOO's baseline), so the advantage reflects the "
+                "answer, not how easy the question was; none keeps the raw scores."})
     local_rollout_forward_batch_size: int = field(default=16, metadata={
         "help": "Batch size of the no-grad passes (generation, reference, values, reward)."})
     num_ppo_epochs: int = field(default=4, metadata={"help": "Passes over each rollout batch."})
@@ -182,6 +189,9 @@ class PPOConfig(OnlineRLScriptArguments, PolicyModelArguments, TrainingArguments
                 f"{self.num_mini_batches} mini batches of per_device_train_batch_size="
                 f"{self.per_device_train_batch_size} x gradient_accumulation_steps="
                 f"{self.gradient_accumulation_steps} (= {self.local_batch_size}); fix one of them")
+        if self.samples_per_prompt < 1 or self.local_batch_size % self.samples_per_prompt:
+            raise ClinalignError(f"samples_per_prompt={self.samples_per_prompt} must be >= 1 and divide the "
+                                 f"rollout batch of {self.local_batch_size} per process")
         if self.temperature <= 0:
             raise ClinalignError("temperature must be > 0 (PPO needs sampled responses)")
         if not 0 < self.cliprange < 1:

@@ -57,6 +57,15 @@ STATE_NAME = "ppo_trainer_state.json"
 VALUE_HEAD_NAME = "value_head.safetensors"
 
 
+def baselined(scores: torch.Tensor, k: int, baseline: str) -> torch.Tensor:
+    """Scores of k consecutive responses per prompt, each minus the mean of its k - 1 siblings."""
+    if k < 2 or baseline == "none":
+        return scores
+    groups = scores.view(-1, k)
+    siblings = (groups.sum(1, keepdim=True) - groups) / (k - 1)
+    return (groups - siblings).reshape(-1)
+
+
 def _rollout_order(n: int, episode: int, seed: int) -> int:
     """Prompt index of a global episode number: a fresh seeded permutation per pass over the prompts."""
     epoch, pos = divmod(episode, n)
@@ -267,9 +276,12 @@ class PPOTrainer:
 
     # ---------------------------------------------------------------- rollout
     def _batch_prompt_indices(self, step: int) -> list[int]:
-        local, rank = self.args.local_batch_size, self.accelerator.process_index
+        """This process's prompts of update `step`: each of local / k prompts k times in a row."""
+        k, rank = self.args.samples_per_prompt, self.accelerator.process_index
+        local = self.args.local_batch_size // k
         first = step * local * self.world + rank * local
-        return [_rollout_order(len(self.prompts), e, self.args.seed) for e in range(first, first + local)]
+        return [i for e in range(first, first + local)
+                for i in [_rollout_order(len(self.prompts), e, self.args.seed)] * k]
 
     def _unwrapped_for_generation(self):
         """Under ZeRO-3 the sharded weights are gathered for generation (as TRL does)."""
@@ -307,6 +319,7 @@ class PPOTrainer:
         merged = {k: torch.cat([c[k] for c in chunks]) for k in chunks[0] if isinstance(chunks[0][k], torch.Tensor)}
         merged["prompts"] = sum((c["prompts"] for c in chunks), [])
         merged["responses"] = sum((c["responses"] for c in chunks), [])
+        merged["rewarded"] = baselined(merged["scores"], args.samples_per_prompt, args.reward_baseline)
         return merged
 
     def _score_tokens(self, batch: RolloutBatch) -> dict:
@@ -348,7 +361,7 @@ class PPOTrainer:
         non_score = -self.kl_ctl.value * kl
         rewards = non_score.clone()
         last = (mask.sum(1) - 1).clamp_min(0)
-        rewards[torch.arange(len(last)), last] += r["scores"]
+        rewards[torch.arange(len(last)), last] += r["rewarded"]
         if args.whiten_rewards:
             rewards = masked_whiten(rewards, mask, shift_mean=False)
         if self.value_offset is None:  # first update of a fresh run: the head is all zeros, values are exactly 0

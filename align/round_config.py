@@ -50,7 +50,7 @@ class RoundConfig:
     generation_dtype: str = _f("auto", "auto (bf16 where the CPU/GPU has it) | float32 | bfloat16 (transformers).")
     generation_backend: str = _f(
         "llamacpp",
-        "llamacpp[:bf16|f16|f32|q8_0] (llama.cpp on a cached GGUF of policy + merged adapter; ~2.5x transformers' "
+        "llamacpp[:bf16|f16|f32|q8_0] (llama.cpp on a cached GGUF of policy + merged adapter; ~3x transformers' "
         "tokens/s on 2 CPU cores) | transformers. Without llama-cpp-python installed, or on a CUDA GPU, it falls "
         "back to transformers.")
     seed: int = _f(0, "Seed of sampling, pairing and training.")

@@ -91,8 +91,10 @@ def main() -> None:
     mean = {n: sum(v) / len(v) for n, v in rates.items()}
     ref = mean.get("transformers") or next(iter(mean.values()))
     print()
+    base = mean.get("before")  # issue 15's baseline: the demo's generation when the issue was filed
     for n in names:
-        print(f"{n:14s} {mean[n]:7.1f} tokens/s  {mean[n] / ref:5.2f}x transformers")
+        print(f"{n:14s} {mean[n]:7.1f} tokens/s  {mean[n] / ref:5.2f}x transformers"
+              + (f"  {mean[n] / base:5.2f}x before" if base else ""))
     print(f"load average {os.getloadavg()[0]:.2f} at the end ({time.ctime()}); rerun on a quiet machine for final figures")
 
 

@@ -145,16 +145,15 @@ def register_architectures() -> None:
     """Make `AutoModelForSequenceClassification` load the bi-encoder and probe reward models (idempotent)."""
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from reward_models.probe import register_probe
+    from reward_models.probe import PROBE_TYPE, probe_classes
 
-    register_probe()
-
-    config_cls, model_cls = _biencoder_classes()
-    try:
-        AutoConfig.register(BIENCODER_TYPE, config_cls)
-        AutoModelForSequenceClassification.register(config_cls, model_cls)
-    except ValueError:
-        pass  # already registered in this process
+    for model_type, (config_cls, model_cls) in ((BIENCODER_TYPE, _biencoder_classes()),
+                                                (PROBE_TYPE, probe_classes())):
+        try:
+            AutoConfig.register(model_type, config_cls)
+            AutoModelForSequenceClassification.register(config_cls, model_cls)
+        except ValueError:
+            pass  # already registered in this process
 
 
 def load_biencoder(path: str, tokenizer, *, cosine_scale: float = 20.0, segment_max_length: int = 256,

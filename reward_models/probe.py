@@ -18,13 +18,13 @@ marker such as `<|im_end|>\\n<|im_start|>assistant\\n`); without one the whole t
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 PROBE_TYPE = "clinalign_probe"
-_CLASSES = None
 
 
 def response_mask(input_ids, attention_mask, marker: Sequence[int]):
@@ -50,11 +50,9 @@ def _pool(hidden, keep):
     return (hidden * w).sum(1) / w.sum(1).clamp(min=1.0)
 
 
+@functools.cache
 def probe_classes():
-    """(config class, model class), built once; torch/transformers load only when needed."""
-    global _CLASSES
-    if _CLASSES is not None:
-        return _CLASSES
+    """(config class, model class), built on first use: torch/transformers load only when needed."""
     import torch
     from transformers import LlamaConfig, LlamaModel, LlamaPreTrainedModel
     from transformers.modeling_outputs import SequenceClassifierOutput
@@ -85,8 +83,7 @@ def probe_classes():
             pooled = _pool(hidden.to(self.score.weight.dtype), keep)
             return SequenceClassifierOutput(logits=self.score(pooled))
 
-    _CLASSES = (ProbeRewardConfig, ProbeForSequenceClassification)
-    return _CLASSES
+    return ProbeRewardConfig, ProbeForSequenceClassification
 
 
 def layer_features(backbone, seqs: Sequence[list[int]], pad_id: int, layers: Sequence[int],
@@ -212,15 +209,3 @@ def build_model(backbone, layer: int, weight: np.ndarray, bias: float, marker: S
         model.score.weight.copy_(torch.tensor(weight, dtype=model.score.weight.dtype)[None, :])
         model.score.bias.fill_(bias)
     return model.eval()
-
-
-def register_probe() -> None:
-    """Make `AutoModelForSequenceClassification` load the probe reward model (idempotent)."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification
-
-    config_cls, model_cls = probe_classes()
-    try:
-        AutoConfig.register(PROBE_TYPE, config_cls)
-        AutoModelForSequenceClassification.register(config_cls, model_cls)
-    except ValueError:
-        pass  # already registered in this process

@@ -19,7 +19,7 @@ from clinalign_base.errors import ClinalignError
 
 BACKENDS = ("transformers", "llamacpp")
 DEFAULT_GGUF_WEIGHTS = "bf16"
-BACKEND_HELP = ("generation backend: transformers | llamacpp[:bf16|f16|f32|q8_0] (llama.cpp, ~2.5x the "
+BACKEND_HELP = ("generation backend: transformers | llamacpp[:bf16|f16|f32|q8_0] (llama.cpp, ~3x the "
                 "tokens/s on 2 CPU cores; falls back to transformers with a message when llama-cpp-python is not "
                 "installed or a CUDA GPU is present)")
 

@@ -108,7 +108,9 @@ def seed_rows(pairs: Iterable[CandidatePair]) -> list[dict[str, Any]]:
 def build_preference_rows(pairs: Iterable[CandidatePair], feedback: Iterable[Feedback], *,
                           include_simulated: bool = False, include_seeds: bool = False,
                           ) -> tuple[list[dict[str, Any]], ExportReport]:
-    pairs = list(pairs)
+    # Content-hash order: a store lists pairs by a timestamp to the second, so the same pairs stored
+    # across a second boundary would otherwise export in another order and train another model.
+    pairs = sorted(pairs, key=lambda p: p.id)
     by_pair: dict[str, list[Feedback]] = defaultdict(list)
     report = ExportReport(pairs_seen=len(pairs))
     for fb in feedback:

@@ -106,3 +106,13 @@ def test_saved_dataset_round_trips_and_never_clobbers(tmp_path):
 def test_majority_helper():
     p = make_pair(10)
     assert majority([fb(p, "x", "a"), fb(p, "y", "a"), fb(p, "z", "b")]) == ("a", "")
+
+
+def test_rows_do_not_depend_on_the_order_the_store_lists_pairs_in():
+    # a store lists pairs by a timestamp to the second: the same pairs can come back in another order
+    pairs = [make_pair(i) for i in range(6)]
+    votes = [fb(p, "dr-a", "a" if i % 2 else "b") for i, p in enumerate(pairs)]
+    forward, _ = build_preference_rows(pairs, votes)
+    backward, _ = build_preference_rows(pairs[::-1], votes[::-1])
+    assert forward == backward and len(forward) == 6
+    assert [r["pair_id"] for r in forward] == sorted(p.id for p in pairs)

@@ -24,7 +24,7 @@ def _marker(tok, fmt, encoded: list[list[int]], rows: list[dict], config_path: s
                          "(e.g. '<|im_end|>\\n<|im_start|>assistant\\n')", path=config_path)
     for i, ids in enumerate(encoded):
         if not any(ids[j:j + len(marker)] == marker for j in range(len(ids) - len(marker) + 1)):
-            raise InputError(f"training pair {i} (prompt {rows[i // 2]['prompt'][:60]!r}): the separator "
+            raise InputError(f"training pair {i // 2} (prompt {rows[i // 2]['prompt'][:60]!r}): the separator "
                              f"{fmt.separator!r} does not tokenize to the same ids inside the text; start and "
                              f"end it with special tokens", path=config_path)
     return marker

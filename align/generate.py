@@ -7,12 +7,13 @@ it ended with the end-of-turn token (`finished`) and how many tokens it used, so
 complete answer from one cut at `max_new_tokens`. On CPUs with AMX / AVX-512 BF16 the model runs in
 bfloat16 (about 1.5x the fp32 tokens/s here); elsewhere in float32 (`dtype` overrides).
 
-`SamplingSetting.backend` picks the engine (`align/engines`): `transformers` (above) or `llamacpp`
-(llama.cpp, the adapter-merged policy as a cached GGUF, continuous batching over `batch_size` slots).
-Either way prompts are tokenized and answers decoded by the same Hugging Face tokenizer and turned into
-the same `Sample`s. Seeds: transformers seeds each `generate` call with `seed + offset` (deterministic
-for a given seed and batch size); llama.cpp gives every (prompt index, sample index) its own seeded
-sampler (deterministic for a given seed, whatever the batch). After `load`, `setting.backend` names
+`SamplingSetting.backend` picks the engine (`align/engines`): `transformers` (above), `llamacpp`
+(llama.cpp, the adapter-merged policy as a cached GGUF, continuous batching over `batch_size` slots)
+or `vllm` (a vLLM server from its own venv, the adapter served as LoRA, `batch_size` requests in
+flight). Every way prompts are tokenized and answers decoded by the same Hugging Face tokenizer and
+turned into the same `Sample`s. Seeds: transformers seeds each `generate` call with `seed + offset`
+(deterministic for a given seed and batch size); llama.cpp and vLLM give every (prompt index, sample
+index) its own seeded sampler (deterministic for a given seed, whatever the batch). After `load`, `setting.backend` names
 the backend that ran (a fallback to transformers rewrites it), so provenance records the truth.
 """
 
@@ -32,6 +33,7 @@ from align.models import (
     load_causal_lm,
     load_tokenizer,
     preferred_dtype,
+    resolve_model,
 )
 from align.prompts import Prompt
 from annotation.records import CandidatePair
@@ -48,7 +50,7 @@ class SamplingSetting:
     seed: int = 0
     adapter: str | None = None
     dtype: str = "auto"
-    backend: str = "transformers"  # transformers | llamacpp[:bf16|f16|f32|q8_0] (see align/engines)
+    backend: str = "transformers"  # transformers | llamacpp[:bf16|f16|f32|q8_0] | vllm (see align/engines)
 
     @property
     def label(self) -> str:
@@ -79,6 +81,12 @@ class Generator:
 
         self._tok = load_tokenizer(self.setting.model, padding_side="left")
         backend = resolve_backend(self.setting.backend)
+        if backend.note and backend.name == "vllm":
+            from align.progress import console
+
+            console.print(f"note: {backend.note}", style="yellow")
+        if backend.name == "vllm":
+            return self._load_vllm()
         if backend.name == "llamacpp":
             try:
                 return self._load_llamacpp(backend.weights)
@@ -112,9 +120,19 @@ class Generator:
         self.setting.backend = f"llamacpp:{weights}"
         return self
 
+    def _load_vllm(self) -> Generator:
+        from align.engines.vllm_server import VllmClient
+
+        dtype = preferred_dtype() if self.setting.dtype == "auto" else self.setting.dtype
+        self._engine = VllmClient(resolve_model(self.setting.model), self.setting.adapter, dtype=dtype,
+                                  n_seq=self.batch_size)
+        self._eos = eos_token_ids(self._tok, generation_eos(self.setting.model))
+        self.setting.backend = "vllm"
+        return self
+
     @property
     def backend(self) -> str:
-        """The backend that runs (after `load`): transformers | llamacpp:<weights>."""
+        """The backend that runs (after `load`): transformers | llamacpp:<weights> | vllm."""
         return self.setting.backend
 
     def share_weights(self, other: Generator) -> Generator:
@@ -130,7 +148,7 @@ class Generator:
         if self._model is None and self._engine is None:
             self.load()
         if self._engine is not None:
-            return self._sample_llamacpp(prompts, n, on_batch)
+            return self._sample_engine(prompts, n, on_batch)
         s, tok = self.setting, self._tok
         chats = [chat_prompt(tok, p) for p in prompts]
         order = sorted(range(len(chats)), key=lambda i: len(tok(chats[i], add_special_tokens=False)["input_ids"]))
@@ -153,8 +171,9 @@ class Generator:
                 on_batch(len(idx) * n)
         return out
 
-    def _sample_llamacpp(self, prompts: Sequence[str], n: int,
-                         on_batch: Callable[[int], None] | None) -> list[list[Sample]]:
+    def _sample_engine(self, prompts: Sequence[str], n: int,
+                       on_batch: Callable[[int], None] | None) -> list[list[Sample]]:
+        """llama.cpp or vLLM: token ids in and out, one seeded draw per (prompt, sample)."""
         from align.engines.llamacpp import Job, sample_seed
 
         s, tok = self.setting, self._tok

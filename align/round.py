@@ -19,6 +19,7 @@ from typing import Any
 from rich.table import Table
 from rich.text import Text
 
+from align.engines.vllm_server import stop_servers
 from align.evaluation.splits import disambiguate_ids, split_prompts, take
 from align.generate import Generator, Sample, SamplingSetting, pairs_from_samples
 from align.progress import console, progress_bar
@@ -127,6 +128,7 @@ class Round:
         everything = [p for split, _ in sets for p in self.prompts[split]]
         with progress_bar("sampling candidates", total=total) as advance:  # one call: full batches
             drawn = iter(gen.sample([p.text for p in everything], c.samples_per_prompt, advance))
+        stop_servers()  # a vLLM server would hold the GPU the training stages need
         result["backend"] = setting.backend  # the backend that ran (a fallback shows here)
         for split, store_name in sets:
             prompts = self.prompts[split]
@@ -278,6 +280,7 @@ class Round:
                 base, texts, c.eval_samples, on_hit=advance,
                 sample=lambda: Generator(base, batch_size=c.generation_batch_size).sample(texts, c.eval_samples,
                                                                                           advance))
+        stop_servers()
         scorer = RewardScorer(str(self.out / "reward_model"))
         result = judged_win_rate(prompts, policy_samples, base_samples, judge_score, judge_name=JUDGE_NAME,
                                  max_new_tokens=c.max_new_tokens, tie_eps=c.tie_eps,

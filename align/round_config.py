@@ -51,8 +51,9 @@ class RoundConfig:
     generation_backend: str = _f(
         "llamacpp",
         "llamacpp[:bf16|f16|f32|q8_0] (llama.cpp on a cached GGUF of policy + merged adapter; ~3x transformers' "
-        "tokens/s on 2 CPU cores) | transformers. Without llama-cpp-python installed, or on a CUDA GPU, it falls "
-        "back to transformers.")
+        "tokens/s on 2 CPU cores) | vllm (a vLLM server from its own venv, scripts/setup-vllm.sh, adapter served "
+        "as LoRA; the GPU default: llamacpp resolves to it on a CUDA machine) | transformers. A backend that is "
+        "not installed falls back to transformers with a message.")
     seed: int = _f(0, "Seed of sampling, pairing and training.")
     phi_mode: str = _f("withhold", "PHI gate on generated pairs: block | redact | withhold.")
     phi_mode_export: str = _f("block", "PHI gate on the exported training rows: block | redact | withhold.")

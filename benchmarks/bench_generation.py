@@ -1,6 +1,6 @@
-"""Candidate generation throughput: transformers against llama.cpp (and the old sampler), side by side.
+"""Candidate generation throughput: transformers, llama.cpp, vLLM (and the old sampler), side by side.
 
-    .venv/bin/python benchmarks/bench_generation.py [--backends transformers,llamacpp:bf16,llamacpp:f16]
+    .venv/bin/python benchmarks/bench_generation.py [--backends transformers,llamacpp:bf16,vllm]
         [--prompts 32] [--samples 4] [--max-new-tokens 96] [--rounds 2] [--threads 2]
 
 Each measurement runs in a fresh process, the settings alternating (the order reversed every other
@@ -10,8 +10,10 @@ round), on the same MedQuAD prompts, all through `align.generate.Generator` with
 - transformers: the Generator's transformers path (bf16 where the CPU has AVX512-BF16/AMX, 64 sequences
   per call, prompts sorted by length);
 - llamacpp:<weights>: llama.cpp (llama-cpp-python), the model as a cached GGUF in <weights>
-  (bf16 | f16 | f32 | q8_0), 64 parallel sequences with continuous batching.
-Model loading (and a first-time GGUF conversion) happens before the clock starts; its time is printed
+  (bf16 | f16 | f32 | q8_0), 64 parallel sequences with continuous batching;
+- vllm: a vLLM server (scripts/setup-vllm.sh; torch.compile'd graph, cached in ~/.cache/vllm after the
+  first start), the same dtype as transformers, 64 requests in flight.
+Model loading (a first-time GGUF conversion, a vLLM server start) happens before the clock starts; its time is printed
 apart. Prints generated tokens/s (tokens up to and including end-of-turn), each backend's ratio to
 transformers, and the load average before and after every measurement: timings taken while other jobs
 run on the machine are not final.
@@ -69,7 +71,7 @@ def run(name: str, args: argparse.Namespace) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--backends", default="transformers,llamacpp:bf16,llamacpp:f16",
-                    help="comma-separated: before, transformers, llamacpp[:bf16|f16|f32|q8_0]")
+                    help="comma-separated: before, transformers, llamacpp[:bf16|f16|f32|q8_0], vllm")
     ap.add_argument("--prompts", type=int, default=32)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--max-new-tokens", type=int, default=96)

@@ -15,6 +15,7 @@ from align.engines import parse_backend, resolve_backend
 from align.generate import Generator, SamplingSetting
 from align.models import SMOLLM2, TINY_LLAMA, chat_prompt, load_causal_lm, load_tokenizer
 from clinalign_base.errors import ClinalignError, InputError
+from tests.generation_support import hf_greedy
 
 HAVE_LLAMACPP = importlib.util.find_spec("llama_cpp") is not None
 needs_llamacpp = pytest.mark.skipif(not HAVE_LLAMACPP, reason="llama-cpp-python is not installed "
@@ -90,23 +91,6 @@ def test_numpy_sampler_draws_transformers_distribution(scale, top_p):
     assert sample_rows(row, 0.0, top_p, [0.3]) == [int(row.argmax())]  # temperature 0: greedy
 
 
-def _hf_greedy(spec: str, prompts: list[str], max_new_tokens: int, adapter: str | None = None) -> list[list[int]]:
-    tok = load_tokenizer(spec)
-    model = load_causal_lm(spec, dtype="float32")
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    model.eval()
-    out = []
-    for p in prompts:  # one at a time: no padding
-        ids = tok(chat_prompt(tok, p), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out.append(gen[0, ids.shape[1]:].tolist())
-    return out
-
-
 def _engine_ids(spec: str, prompts: list[str], n: int, *, temperature: float, max_new_tokens: int,
                 weights: str = "f32", seed: int = 0, batch_size: int = 8, adapter: str | None = None):
     """Token ids (not text) per prompt and sample from the llama.cpp backend, and the Samples."""
@@ -153,7 +137,7 @@ def test_per_token_logprobs_match_transformers_tiny_model():
 
 @needs_llamacpp
 def test_greedy_answers_equal_transformers_on_smollm2():
-    want = _hf_greedy(SMOLLM2, PROMPTS, 32)  # two answers end (26, 29 tokens), one is cut
+    want = hf_greedy(SMOLLM2, PROMPTS, 32)  # two answers end (26, 29 tokens), one is cut
     # two samples per prompt: the second one decodes from the prompt's KV copied into its own stream
     got, samples = _engine_ids(SMOLLM2, PROMPTS, 2, temperature=0.0, max_new_tokens=32, weights="f32")
     assert [g[0] for g in got] == want and [g[1] for g in got] == want
@@ -192,8 +176,8 @@ def test_lora_policy_is_merged_into_the_engine_model(tmp_path):
                                                   init_lora_weights=False))  # random B: the adapter changes outputs
     adapter = tmp_path / "adapter"
     peft_model.save_pretrained(adapter)
-    want = _hf_greedy(TINY_LLAMA, PROMPTS, 12, adapter=str(adapter))
-    base = _hf_greedy(TINY_LLAMA, PROMPTS, 12)
+    want = hf_greedy(TINY_LLAMA, PROMPTS, 12, adapter=str(adapter))
+    base = hf_greedy(TINY_LLAMA, PROMPTS, 12)
     assert want != base, "the random adapter should change greedy outputs"
     got, _ = _engine_ids(TINY_LLAMA, PROMPTS, 1, temperature=0.0, max_new_tokens=12, adapter=str(adapter))
     assert [g[0] for g in got] == want

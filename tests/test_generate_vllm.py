@@ -17,8 +17,9 @@ import torch
 from align.engines import parse_backend, resolve_backend, vllm_server
 from align.engines.vllm_server import VllmServer, shared_server, stop_servers, vllm_python
 from align.generate import Generator, SamplingSetting
-from align.models import SMOLLM2, chat_prompt, load_causal_lm, load_tokenizer, resolve_model
+from align.models import SMOLLM2, load_causal_lm, load_tokenizer, resolve_model
 from clinalign_base.errors import ClinalignError
+from tests.generation_support import hf_greedy
 
 needs_vllm = pytest.mark.skipif(vllm_python() is None, reason="vLLM venv missing (bash scripts/setup-vllm.sh)")
 PROMPTS = ["What is hypertension? Answer in one sentence.", "Name one symptom of anemia.",
@@ -39,22 +40,6 @@ def _setting(**kw) -> SamplingSetting:
     return SamplingSetting(**(base | kw))
 
 
-def _hf_greedy(prompts, max_new_tokens, adapter=None) -> list:
-    tok = load_tokenizer(SMOLLM2)
-    model = load_causal_lm(SMOLLM2, dtype="float32")
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-    out = []
-    for p in prompts:  # one at a time: no padding
-        ids = tok(chat_prompt(tok, p), add_special_tokens=False, return_tensors="pt")["input_ids"]
-        with torch.no_grad():
-            gen = model.generate(ids, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tok.pad_token_id)
-        out.append(gen[0, ids.shape[1]:].tolist())
-    return out
-
-
 def test_vllm_spec_parses_and_takes_no_weight_type():
     assert parse_backend("vllm").label == "vllm"
     with pytest.raises(ClinalignError, match="no weight type"):
@@ -71,7 +56,7 @@ def test_falls_back_to_transformers_when_vllm_is_missing(monkeypatch, tmp_path):
 
 @needs_vllm
 def test_greedy_answers_equal_transformers_on_smollm2(eager):
-    want_ids = _hf_greedy(PROMPTS, 32)
+    want_ids = hf_greedy(SMOLLM2, PROMPTS, 32)
     setting = _setting()
     samples = Generator(setting, batch_size=8).sample(PROMPTS, 2)
     assert setting.backend == "vllm"  # provenance: what ran

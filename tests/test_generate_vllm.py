@@ -96,13 +96,34 @@ def test_lora_adapter_is_served_beside_the_base(eager, tmp_path):
     want = Generator(_setting(adapter=str(adapter), backend="transformers"), batch_size=8).sample(PROMPTS, 1)
     base = Generator(_setting(backend="transformers"), batch_size=8).sample(PROMPTS, 1)
     assert want != base, "the random adapter should change greedy outputs"
+    stop_servers()  # from here on, as in a round's evaluation: the policy side starts the server
     got = Generator(_setting(adapter=str(adapter)), batch_size=8).sample(PROMPTS, 1)
     assert got == want
-    # one server for both sides: it still answers as the base model for a side without the adapter
-    server = shared_server(resolve_model(SMOLLM2), "float32")
+    # one server for both sides: the LoRA server also answers as the base model for a side without it
+    [server] = vllm_server._SERVERS.values()
+    assert server.lora and list(server._adapters) == [str(adapter.resolve())]
     assert Generator(_setting(), batch_size=8).sample(PROMPTS, 1) == base
-    assert shared_server(resolve_model(SMOLLM2), "float32") is server
-    assert list(server._adapters) == [str(adapter.resolve())]
+    assert list(vllm_server._SERVERS.values()) == [server]
+
+
+def test_a_side_without_adapter_never_gets_lora_switched_on(monkeypatch):
+    started = []
+
+    class Recorder:
+        def __init__(self, model, *, dtype, lora):
+            started.append(lora)
+            self.lora = lora
+
+        def alive(self):
+            return True
+
+    monkeypatch.setattr(vllm_server, "VllmServer", Recorder)
+    monkeypatch.setattr(vllm_server, "_SERVERS", {})
+    base = shared_server("/m", "bfloat16")
+    assert started == [False] and shared_server("/m", "bfloat16") is base
+    with_lora = shared_server("/m", "bfloat16", lora=True)  # an adapter needs a LoRA server
+    assert started == [False, True] and with_lora is not base
+    assert shared_server("/m", "bfloat16") is base  # the faster one (compiled, no LoRA) for the base side
 
 
 @needs_vllm

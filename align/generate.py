@@ -81,12 +81,6 @@ class Generator:
 
         self._tok = load_tokenizer(self.setting.model, padding_side="left")
         backend = resolve_backend(self.setting.backend)
-        if backend.note and backend.name == "vllm":
-            from align.progress import console
-
-            console.print(f"note: {backend.note}", style="yellow")
-        if backend.name == "vllm":
-            return self._load_vllm()
         if backend.name == "llamacpp":
             try:
                 return self._load_llamacpp(backend.weights)
@@ -96,6 +90,8 @@ class Generator:
             from align.progress import console
 
             console.print(f"note: {backend.note}", style="yellow")
+        if backend.name == "vllm":
+            return self._load_vllm()
         self.setting.backend = backend.label
         dtype = preferred_dtype() if self.setting.dtype == "auto" else self.setting.dtype
         model = load_causal_lm(self.setting.model, dtype=dtype)

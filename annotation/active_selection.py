@@ -12,8 +12,14 @@ Value of a label (in bits, higher = label first):
   than where the pair is a coin flip to everyone.
   value = H(p̄) + disagreement_weight * MI. The default weight is 0 (entropy of the ensemble's mean
   probability): in the simulated study (benchmarks/bench_active_selection.py, docs/reward-models.md)
-  adding MI with weight 1 did worse than random, while the mean's entropy alone reached random's
-  400-label accuracy with 280 labels; small bootstrap ensembles disagree mostly by chance.
+  adding MI with weight 1 did worse than random; small bootstrap ensembles disagree mostly by chance.
+- Representativeness (information density, Settles & Craven 2008): entropy alone also picks pairs that
+  are hard because they are odd (a draft unlike any other), whose label teaches little about the rest.
+  When every candidate carries `features` (the difference of the reward model's representations of
+  its two answers), the value is multiplied by density**density_power, density being the mean squared
+  cosine of the pair to all candidates (squared: a pair and its swap (b, a) are the same question),
+  scaled to [0, 1] over the candidates. In the study this reached random selection's 400-label
+  accuracy with 160 labels on seeds never used to choose it (entropy alone: 220).
 Diversity: pairs are taken round by round over prompt groups (a prompt and its near-duplicates
 form one group): round 1 takes the best pair of each group, round 2 the second best, and so on,
 each round in value order, with at most `max_per_group` pairs of a group in the selection. So
@@ -41,6 +47,7 @@ class Candidate:
     prompt: str
     margins: tuple[float, ...]
     group: str | None = None  # an explicit prompt group (e.g. prompt_id); else from the text
+    features: tuple[float, ...] | None = None  # representation of a vs b (density weighting)
 
 
 @dataclass(frozen=True)
@@ -53,6 +60,7 @@ class Selected:
     disagreement: float  # mutual information between the label and the member (bits)
     margin_std: float
     group: str
+    density: float = 1.0  # representativeness in [0, 1] (1 when no features were given)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -78,6 +86,21 @@ def label_value(margins: Sequence[float], disagreement_weight: float = 0.0) -> t
     entropy = binary_entropy(p_mean)
     mi = max(0.0, entropy - sum(binary_entropy(p) for p in probs) / len(probs))
     return entropy + disagreement_weight * mi, p_mean, entropy, mi
+
+
+def density(features: Sequence[Sequence[float]]) -> list[float]:
+    """Per candidate, the mean squared cosine to all candidates, min-max scaled to [0, 1] (all 1 if equal).
+
+    mean_j cos²(i, j) = u_i·C·u_i with C the second moment of the unit vectors: O(n·d²), not O(n²·d)."""
+    import numpy as np
+
+    x = np.asarray(features, dtype=np.float64)
+    if x.ndim != 2 or len(x) == 0:
+        raise ValueError("features must be one equally long vector per candidate")
+    u = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    d = np.einsum("ij,jk,ik->i", u, u.T @ u / len(u), u)
+    span = float(d.max() - d.min())
+    return [1.0] * len(d) if span <= 1e-12 else ((d - d.min()) / span).tolist()
 
 
 def normalise(text: str) -> str:
@@ -124,10 +147,11 @@ def prompt_groups(candidates: Sequence[Candidate], threshold: float = NEAR_DUP_T
 
 
 def rank_candidates(candidates: Sequence[Candidate], n: int, *, max_per_group: int = 1,
-                    disagreement_weight: float = 0.0) -> list[Selected]:
-    """The `n` pairs most worth a label, best first (the diversity rule in the module docstring).
+                    disagreement_weight: float = 0.0, density_power: float = 1.0) -> list[Selected]:
+    """The `n` pairs most worth a label, best first (the rules in the module docstring).
 
-    Ties in value are broken by pair id, so the order is deterministic."""
+    Density weighting applies when every candidate has features and density_power > 0. Ties in value
+    are broken by pair id, so the order is deterministic."""
     if n < 1:
         raise ValueError(f"n must be at least 1, got {n}")
     if max_per_group < 1:
@@ -137,13 +161,17 @@ def rank_candidates(candidates: Sequence[Candidate], n: int, *, max_per_group: i
         if c.pair_id in seen:
             raise ValueError(f"pair {c.pair_id} is listed twice")
         seen.add(c.pair_id)
+    if density_power < 0:
+        raise ValueError(f"density_power must be >= 0, got {density_power}")
     groups = prompt_groups(candidates)
+    use_density = density_power > 0 and all(c.features is not None for c in candidates)
+    dens = density([c.features for c in candidates]) if use_density else [1.0] * len(candidates)  # type: ignore[misc]
     scored = []
-    for c in candidates:
+    for c, d in zip(candidates, dens, strict=True):
         value, p, h, mi = label_value(c.margins, disagreement_weight)
         mean = sum(c.margins) / len(c.margins)
         std = math.sqrt(sum((m - mean) ** 2 for m in c.margins) / len(c.margins))
-        scored.append(Selected(c.pair_id, 0, value, p, h, mi, std, groups[c.pair_id]))
+        scored.append(Selected(c.pair_id, 0, value * d ** density_power, p, h, mi, std, groups[c.pair_id], d))
     by_group: dict[str, list[Selected]] = defaultdict(list)
     for s in sorted(scored, key=lambda s: (-s.value, s.pair_id)):
         by_group[s.group].append(s)

@@ -21,9 +21,11 @@ the frozen backbone makes the study feasible and isolates the selection rule.
 
 Arms, all starting from the same 20 random labels per seed and adding 20 per round:
 - random: the next pairs in a random order;
-- active: `annotation.active_selection.rank_candidates` with its defaults (what `clinalign annotate
-  select` runs) on a 5-member bootstrap ensemble of heads: entropy of the members' mean P(a), one pair
-  per question per round;
+- density: `annotation.active_selection.rank_candidates` with its defaults (what `clinalign annotate
+  select` runs) on a 5-member bootstrap ensemble of heads: entropy of the members' mean P(a) times the
+  pair's representativeness (mean squared cosine of its feature difference to the unlabelled pool),
+  one pair per question per round;
+- active: the same without the representativeness weight (entropy of the members' mean P(a) only);
 - active-bald: the same plus the members' disagreement (mutual information, `--disagreement-weight 1`);
 - uncertainty: the same rule with one head (entropy of its P(a)).
 """
@@ -54,13 +56,17 @@ from annotation.simulated import judge  # noqa: E402
 
 ARMS = {
     "random": "random order",
-    "active": "5-head ensemble: entropy of mean P(a), 1 pair/question/round (annotate select default)",
+    "density": "5-head ensemble: entropy of mean P(a) x representativeness, 1 pair/question/round "
+               "(annotate select default)",
+    "active": "5-head ensemble: entropy of mean P(a), 1 pair/question/round",
     "active-bald": "same + members' disagreement (mutual information, --disagreement-weight 1)",
     "uncertainty": "1 head: entropy of P(a), 1 pair/question/round",
 }
-LEGEND = {"random": "random", "active": "active (ensemble entropy; default)",
+LEGEND = {"random": "random", "density": "entropy x representativeness (default)",
+          "active": "active (ensemble entropy)",
           "active-bald": "active + disagreement (BALD)", "uncertainty": "uncertainty (1 head)"}
 ARM_WEIGHT = {"active-bald": 1.0}  # disagreement_weight per arm (0 elsewhere)
+DEFAULT_ARM = "density"  # what `clinalign annotate select` runs
 DRAFTS = ("reference", "truncated", "lead", "other", "shuffled", "repeated", "mixed")
 
 
@@ -231,15 +237,18 @@ def run_arm(arm: str, seed: int, x: np.ndarray, y: np.ndarray, groups: list[int]
         if arm == "random":
             take = rest[:batch]
         else:
-            if arm in ("active", "active-bald"):
+            if arm in ("active", "active-bald", "density"):
                 heads = [fit(x[b], y[b], w0=w) for b in (rng.choice(lab, size=len(lab)) for _ in range(members))]
             else:
                 heads = [w]
             margins = np.stack([x[rest] @ h for h in heads], axis=1)
-            cands = [Candidate(str(i), prompts_text[groups[i]], tuple(m), group=str(groups[i]))
-                     for i, m in zip(rest, margins.tolist(), strict=True)]
+            feats = x[rest].tolist() if arm == "density" else [None] * len(rest)
+            cands = [Candidate(str(i), prompts_text[groups[i]], tuple(m), group=str(groups[i]),
+                               features=None if f is None else tuple(f))
+                     for i, m, f in zip(rest, margins.tolist(), feats, strict=True)]
             take = [int(s.pair_id) for s in rank_candidates(cands, batch, max_per_group=1,
-                                                            disagreement_weight=ARM_WEIGHT.get(arm, 0.0))]
+                                                            disagreement_weight=ARM_WEIGHT.get(arm, 0.0),
+                                                            density_power=1.0 if arm == "density" else 0.0)]
         chosen = set(take)
         labelled += take
         rest = [i for i in rest if i not in chosen]
@@ -264,7 +273,7 @@ def plot(result: dict, path: str) -> None:
 
     budgets = result["budgets"]
     fig, ax = plt.subplots(figsize=(7, 4.2))
-    colours = {"random": "tab:gray", "active": "tab:blue", "active-bald": "tab:purple", "uncertainty": "tab:orange"}
+    colours = {"random": "tab:gray", "density": "tab:green", "active": "tab:blue", "active-bald": "tab:purple", "uncertainty": "tab:orange"}
     for arm, summary in result["arms"].items():
         mean = [s[0] for s in summary]
         lo, hi = [s[1] for s in summary], [s[2] for s in summary]
@@ -272,11 +281,13 @@ def plot(result: dict, path: str) -> None:
         ax.fill_between(budgets, lo, hi, alpha=0.2, color=colours.get(arm))
     target = result["random_full_budget_accuracy"]
     ax.axhline(target, ls="--", lw=0.8, color="tab:gray")
-    if result["labels_to_reach"]["active"] is not None:
-        ax.axvline(result["labels_to_reach"]["active"], ls=":", lw=0.8, color="tab:blue")
+    default = result["labels_to_reach"].get(DEFAULT_ARM)
+    if default is not None:
+        ax.axvline(default, ls=":", lw=0.8, color="tab:green")
     ax.set_xlabel("labels (simulated clinician)")
     ax.set_ylabel("held-out pairwise accuracy")
-    ax.set_title(f"Active vs random selection ({len(result['seeds'])} seeds, 95% CI)")
+    seeds = result["seeds"]
+    ax.set_title(f"Active vs random selection ({len(seeds)} seeds, {min(seeds)}-{max(seeds)}; 95% CI)")
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

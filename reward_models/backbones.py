@@ -104,11 +104,15 @@ def _biencoder_classes():
             pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
             return torch.nn.functional.normalize(pooled, dim=-1)
 
-        def forward(self, input_ids=None, attention_mask=None, labels=None, **_: object):
+        def pair_features(self, input_ids=None, attention_mask=None):
+            """Question x answer embedding product: the terms whose sum is the cosine."""
             questions, answers = split_segments(input_ids, attention_mask, cls_id=self.config.cls_token_id,
                                                 sep_id=self.config.sep_token_id,
                                                 max_len=self.config.segment_max_length)
-            cos = (self._embed(questions) * self._embed(answers)).sum(-1)
+            return self._embed(questions) * self._embed(answers)
+
+        def forward(self, input_ids=None, attention_mask=None, labels=None, **_: object):
+            cos = self.pair_features(input_ids, attention_mask).sum(-1)
             logits = (self.scale * cos + self.bias).unsqueeze(-1)
             return SequenceClassifierOutput(logits=logits)
 

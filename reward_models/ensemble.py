@@ -95,6 +95,11 @@ class EnsembleScorer:
         s = self.score(prompts, responses)
         return list(s), s.spread
 
+    def features(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+        """The first member's features (members share the backbone's architecture; one pass is enough
+        to say which pairs are typical)."""
+        return self.members[0].features(prompts, responses)
+
 
 def pair_disagreement(chosen: EnsembleScores, rejected: EnsembleScores) -> np.ndarray:
     """Per pair, the std over members of the margin r(chosen) - r(rejected)."""

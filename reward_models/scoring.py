@@ -61,6 +61,16 @@ def score_ids(model, ids: Sequence[list[int]], pad_id: int, *, batch_size: int =
     return out
 
 
+def _pooled_position(inputs: dict, pad_id: int | None) -> torch.Tensor:
+    """The position a transformers *ForSequenceClassification decoder reads: its last token that is not
+    the pad id (so an eos that doubles as pad is skipped, as in training), else the last real one."""
+    ids = inputs["input_ids"]
+    if pad_id is None:
+        return inputs["attention_mask"].sum(1) - 1
+    positions = torch.arange(ids.shape[1], device=ids.device)
+    return (positions * (ids != pad_id)).argmax(-1)
+
+
 class RewardScorer:
     """Scores texts with a sequence-classification reward model (num_labels=1)."""
 
@@ -137,6 +147,43 @@ class RewardScorer:
         rewards = self._score(prompts, responses, progress=progress, collect=collect)
         return [{"reward": r, "ratings": g, "combined": combine(r, g, spec)}
                 for r, g in zip(rewards, ratings, strict=True)]
+
+    def features(self, prompts: Sequence[str], responses: Sequence[str]) -> list[list[float]]:
+        """Per (prompt, response), the representation the reward is read from: the input of the
+        sequence classifier's head (`score` / `classifier`, at the last real token for decoders), or a
+        bi-encoder's question x answer product (its cosine's terms). Active selection weighs pairs by
+        how typical the difference of their two answers' features is."""
+        model = self.model
+        rows: list[list[float] | None] = [None] * len(prompts)
+        encoded = [self.encode(p, r).input_ids for p, r in zip(prompts, responses, strict=True)]
+        if hasattr(model, "pair_features"):
+            for start in range(0, len(encoded), self.batch_size):
+                idx = list(range(start, min(start + self.batch_size, len(encoded))))
+                inputs = pad_right([encoded[i] for i in idx], self.tokenizer.pad_token_id, self.device)
+                with torch.no_grad():
+                    out = model.pair_features(**inputs).float().tolist()
+                for i, v in zip(idx, out, strict=True):
+                    rows[i] = v
+            return rows  # type: ignore[return-value]
+        head = getattr(model, "score", None) or getattr(model, "classifier", None)
+        if not isinstance(head, torch.nn.Module):
+            raise ValueError(f"{type(model).__name__} has no score/classifier head to read features from")
+        seen: dict[str, torch.Tensor] = {}
+        hook = head.register_forward_pre_hook(lambda _m, args: seen.__setitem__("x", args[0]))
+
+        def collect(idx: list[int], inputs: dict) -> None:
+            x = seen["x"].float()
+            if x.dim() == 3:  # a decoder's head runs on every position: keep the one it pools
+                x = x[torch.arange(len(idx), device=x.device), _pooled_position(inputs, model.config.pad_token_id)]
+            for i, v in zip(idx, x.tolist(), strict=True):
+                rows[i] = v
+
+        try:
+            score_ids(model, encoded, self.tokenizer.pad_token_id, batch_size=self.batch_size, device=self.device,
+                      collect=collect)
+        finally:
+            hook.remove()
+        return rows  # type: ignore[return-value]
 
     def _score(self, prompts, responses, *, progress=None, collect=None) -> list[float]:
         if len(prompts) != len(responses):

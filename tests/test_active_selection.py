@@ -8,7 +8,7 @@ import warnings
 
 import pytest
 
-from annotation.active_selection import Candidate, label_value, prompt_groups, rank_candidates
+from annotation.active_selection import Candidate, density, label_value, prompt_groups, rank_candidates
 from annotation.records import CandidatePair, Feedback
 from annotation.review.queue import ReviewQueue
 from annotation.sqlite_store import SCHEMA_VERSION, SQLiteStore
@@ -50,6 +50,61 @@ def test_selection_order_on_a_hand_built_case():
     assert len(rank_candidates(c, 2, max_per_group=3)) == 2
     with pytest.raises(ValueError, match="listed twice"):
         rank_candidates(c + [c[0]], 3)
+
+
+def test_density_puts_typical_pairs_before_odd_ones():
+    # four pairs along one direction (two of them swapped: (b, a) is the same question), one odd pair
+    feats = [(1.0, 0.1, 0.0), (-1.0, -0.1, 0.0), (0.9, 0.0, 0.1), (-1.1, 0.1, 0.0), (0.0, 0.0, 1.0)]
+    d = density(feats)
+    assert d[4] == 0.0 and max(d) == 1.0  # scaled to [0, 1]: the odd pair is the least typical
+    assert min(d[:4]) > 0.9
+    assert density([tuple(-x for x in f) if i == 0 else f for i, f in enumerate(feats)]) == pytest.approx(d)
+    assert density([(1.0, 0.0)] * 3) == [1.0, 1.0, 1.0]  # all alike: no preference
+    # equally uncertain pairs (same margins): the odd one drops to last; without features, order by id
+    c = [Candidate(f"p{i}", f"question {i} about drug {i}?", (0.1, -0.1), features=f) for i, f in enumerate(feats)]
+    ranked = rank_candidates(c, 5)
+    assert ranked[-1].pair_id == "p4" and ranked[-1].value == 0.0 and ranked[-1].density == 0.0
+    assert [s.pair_id for s in rank_candidates(c, 5, density_power=0.0)] == ["p0", "p1", "p2", "p3", "p4"]
+    # one candidate without features: density is not applied to any (it cannot be compared)
+    partial = c[:4] + [Candidate("p4", "question 4 about drug 4?", (0.1, -0.1))]
+    assert all(s.density == 1.0 for s in rank_candidates(partial, 5))
+    with pytest.raises(ValueError, match="density_power"):
+        rank_candidates(c, 2, density_power=-1.0)
+
+
+def test_reward_features_are_what_the_head_reads():
+    import torch
+    from transformers import AutoTokenizer
+
+    from reward_models.backbones import BIENCODER_SEPARATOR, MINILM, load_biencoder, resolve_backbone
+    from reward_models.formatting import RewardFormat
+    from reward_models.scoring import RewardScorer
+
+    prompts = ["How is gout treated?"] * 2 + ["What is the adult dose of paracetamol?"]
+    answers = ["Colchicine or NSAIDs during a flare.", "Paris is in France.", "Up to 4 g a day in divided doses."]
+    cross = RewardScorer(MINILM, allow_untrained=True, batch_size=2)  # BERT: classifier on the pooled [CLS]
+    feats = torch.tensor(cross.features(prompts, answers))
+    with torch.no_grad():
+        assert cross.model.classifier(feats)[:, 0].tolist() == pytest.approx(cross.score(prompts, answers), abs=1e-4)
+    path = resolve_backbone(MINILM)
+    tok = AutoTokenizer.from_pretrained(path)
+    bi = RewardScorer("mem", model=load_biencoder(path, tok, cosine_scale=10.0, dtype="float32"), tokenizer=tok,
+                      fmt=RewardFormat(separator=BIENCODER_SEPARATOR, eos_token="[SEP]", max_length=4096))
+    terms = torch.tensor(bi.features(prompts, answers))  # question x answer: the cosine's terms
+    assert (10.0 * terms.sum(1)).tolist() == pytest.approx(bi.score(prompts, answers), abs=1e-4)
+    # a decoder's head runs on every position: the features are the last real token's
+    from transformers import LlamaForSequenceClassification
+
+    from align.models import load_causal_lm, load_tokenizer
+    from clinalign_base.models import TINY_LLAMA
+
+    lm, ltok = load_causal_lm(TINY_LLAMA), load_tokenizer(TINY_LLAMA, padding_side="right")
+    torch.manual_seed(0)
+    seq = LlamaForSequenceClassification(lm.config.__class__(**{**lm.config.to_dict(), "num_labels": 1})).eval()
+    dec = RewardScorer("mem", model=seq, tokenizer=ltok, fmt=RewardFormat(max_length=256), batch_size=3)
+    hidden = torch.tensor(dec.features(prompts, answers))
+    with torch.no_grad():
+        assert seq.score(hidden)[:, 0].tolist() == pytest.approx(dec.score(prompts, answers), abs=1e-4)
 
 
 def test_near_duplicate_prompts_and_explicit_groups():
@@ -153,6 +208,7 @@ def test_cli_select_marks_unlabelled_pairs_first(tmp_path, capsys):
     assert len(rows) == 3 and len({r["group"] for r in rows}) == 3  # one per prompt
     assert [r["rank"] for r in rows] == [1, 2, 3]
     assert all(rows[i]["value"] >= rows[i + 1]["value"] for i in range(2))
+    assert min(r["density"] for r in rows) < 1.0  # the reward model's features weighted the value
     with SQLiteStore(path) as store:
         assert store.priorities() == {r["pair_id"]: r["rank"] for r in rows}
     assert main(["annotate", "select", "--store", str(tmp_path / "missing.sqlite"),

@@ -9,8 +9,11 @@ held-out evaluation as the Trainer path (`reward_models/train.py`).
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from annotation.errors import ClinalignError, InputError
 from reward_models import probe
@@ -39,6 +42,43 @@ def _check(script, train_args, model_args, config_path: str) -> None:
                          path=config_path)
     if not script.probe_layers or min(script.probe_layers) < 1 or not script.probe_penalties:
         raise InputError("probe_layers (>= 1) and probe_penalties must be non-empty", path=config_path)
+
+
+@dataclass
+class StudyData:
+    """A probe config's training pairs as the recipe tokenizes them (for the studies in scripts/)."""
+
+    tokenizer: Any
+    backbone: Any  # the base decoder in bf16
+    rows: list[dict]  # the pairs kept (none too long)
+    seqs: list[list[int]]  # chosen, rejected, chosen, ... token ids
+    marker: list[int]  # the separator's ids: the response starts after them
+    folds: np.ndarray  # the recipe's grouped cross-validation folds
+
+
+def study_data(config_path: str, folds: int = 5) -> StudyData:
+    """Load a probe config's backbone and pairs exactly as `train_probe` does (relative dataset paths
+    resolve against the repository root)."""
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from reward_models.backbones import resolve_backbone
+    from reward_models.train import encode_pairs, load_rows, parse_config, reward_format
+
+    script, train_args, model_args = parse_config(config_path)
+    if script.dataset_path and not Path(script.dataset_path).is_absolute():
+        script.dataset_path = str(Path(__file__).resolve().parent.parent / script.dataset_path)
+    path = resolve_backbone(model_args.model_name_or_path)
+    tok = AutoTokenizer.from_pretrained(path)
+    backbone = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
+    rows, _ = load_rows(script, config_path, train_args.seed)
+    fmt = reward_format(script, train_args, tok, config_path)
+    cols, stats = encode_pairs(rows, tok, fmt, script, keep_index=True)
+    kept = [rows[i] for i in stats["kept"]]
+    seqs = [s for pair in zip(cols["chosen_ids"], cols["rejected_ids"], strict=True) for s in pair]
+    marker = _marker(tok, fmt, seqs, kept, config_path)
+    keys = [probe.conversation_key(r) for r in kept]
+    return StudyData(tok, backbone, kept, seqs, marker, probe.grouped_folds(keys, folds, train_args.seed))
 
 
 def train_probe(config_path: str, script, train_args, model_args) -> Path:

@@ -24,9 +24,9 @@ import numpy as np
 import torch
 
 from reward_models import probe
-from reward_models.train import encode_pairs, load_rows, parse_config, reward_format
+from reward_models.probe_train import study_data
 
-CONFIG = "configs/demo/reward_probe.yaml"
+CONFIG = str(Path(__file__).resolve().parent.parent / "configs" / "demo" / "reward_probe.yaml")
 
 
 def cached_inputs(backbone, seqs, pad_id: int, start_block: int, batch: int = 8) -> list[torch.Tensor]:
@@ -128,21 +128,9 @@ def main() -> None:
     args = ap.parse_args()
     torch.manual_seed(args.seed)
 
-    from transformers import AutoModel, AutoTokenizer
-
-    from reward_models.backbones import resolve_backbone
-
-    script, train_args, model_args = parse_config(CONFIG)
-    path = resolve_backbone(model_args.model_name_or_path)
-    tok = AutoTokenizer.from_pretrained(path)
-    backbone = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
-    rows, _ = load_rows(script, CONFIG, train_args.seed)
-    fmt = reward_format(script, train_args, tok, CONFIG)
-    cols, stats = encode_pairs(rows, tok, fmt, script, keep_index=True)
-    kept = [rows[i] for i in stats["kept"]]
-    ids = [s for pair in zip(cols["chosen_ids"], cols["rejected_ids"], strict=True) for s in pair]
-    marker = tok(fmt.separator, add_special_tokens=False)["input_ids"]
-    folds = probe.grouped_folds([probe.conversation_key(r) for r in kept], args.n_folds, train_args.seed)
+    data = study_data(CONFIG, args.n_folds)
+    backbone, tok, kept, ids, marker, folds = (data.backbone, data.tokenizer, data.rows, data.seqs, data.marker,
+                                                data.folds)
     start = args.layer - args.blocks
     t0 = time.perf_counter()
     cache = cached_inputs(backbone, ids, tok.pad_token_id, start)

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from reward_models import probe
+from reward_models.probe_train import study_data
 from reward_models.scoring import pad_right
-from reward_models.train import encode_pairs, load_rows, parse_config, reward_format
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = str(ROOT / "configs" / "demo" / "reward_probe.yaml")
@@ -56,25 +56,11 @@ def features(bb, seqs: list[list[int]], pad_id: int, marker: list[int]) -> dict[
 
 
 def main() -> None:
-    from transformers import AutoModel, AutoTokenizer
-
-    from reward_models.backbones import resolve_backbone
-
-    script, train_args, model_args = parse_config(CONFIG)
-    script.dataset_path = str(ROOT / script.dataset_path)
-    path = resolve_backbone(model_args.model_name_or_path)
-    tok = AutoTokenizer.from_pretrained(path)
-    bb = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
-    rows, _ = load_rows(script, CONFIG, train_args.seed)
-    fmt = reward_format(script, train_args, tok, CONFIG)
-    cols, stats = encode_pairs(rows, tok, fmt, script, keep_index=True)
-    kept = [rows[i] for i in stats["kept"]]
-    seqs = [s for pair in zip(cols["chosen_ids"], cols["rejected_ids"], strict=True) for s in pair]
-    marker = tok(fmt.separator, add_special_tokens=False)["input_ids"]
+    data = study_data(CONFIG)
+    kept, seqs, folds = data.rows, data.seqs, data.folds
     t0 = time.perf_counter()
-    f = features(bb, seqs, tok.pad_token_id, marker)
+    f = features(data.backbone, seqs, data.tokenizer.pad_token_id, data.marker)
     print(f"features of {len(seqs)} answers: {time.perf_counter() - t0:.0f} s", flush=True)
-    folds = probe.grouped_folds([probe.conversation_key(r) for r in kept], 5, train_args.seed)
     readouts = {"response mean (the recipe)": f["mean"], "last token": f["last"],
                 "mean + last": np.concatenate([f["mean"], f["last"]], -1),
                 "mean - pre-response state": f["mean"] - f["marker"],

@@ -61,6 +61,8 @@ def test_disagreeing_members_give_their_std(base):
     m = spread_metrics(scores, rejected)
     assert m["k"] == 2 and len(m["member_accuracy"]) == 2 and m["mean_margin_spread"] > 0
     assert pair_disagreement(scores, rejected).shape == (3,)
+    # active selection's features come from the first member (one extra pass, not k)
+    assert torch.allclose(torch.tensor(ens.features(PROMPTS, ANSWERS)), torch.tensor(a.features(PROMPTS, ANSWERS)))
 
 
 def _config(tmp_path: Path, **extra) -> Path:
@@ -119,6 +121,7 @@ def test_cli_trains_members_and_scores_mean_and_spread(tmp_path, capsys):
                  "--n", "2", "--max-per-prompt", "1", "--out", str(sel)]) == 0
     chosen = [json.loads(line) for line in sel.read_text().splitlines()]
     assert len(chosen) == 2 and all(r["margin_std"] > 0 for r in chosen)
+    assert any(r["density"] < 1.0 for r in chosen)  # weighted by the first member's features
 
     # retraining in place drops members beyond k; a single model folder is never overwritten
     (ens / "member-5").mkdir()

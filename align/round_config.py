@@ -64,7 +64,8 @@ class RoundConfig:
     sft_config: str = _f("configs/demo/sft.yaml", "SFT recipe config (align/recipes/sft.py).")
     sft_overrides: dict[str, Any] = _f({}, "Keys of the SFT config to override for this round.")
     sft_max_answer_words: int = _f(60, "Experts' answers are cut at a sentence boundary after this many words.")
-    reward_config: str = _f("configs/demo/reward.yaml", "Reward-model recipe config (reward_models/train.py).")
+    reward_config: str = _f("configs/demo/reward_medical.yaml", "Reward-model recipe config (reward_models/train.py); "
+                                                                "default: the medical recipe.")
     reward_overrides: dict[str, Any] = _f({}, "Keys of the reward config to override for this round.")
     reward_rated: str | None = _f(None, "JSONL of expert-graded answers (question, answer, grade): the round "
                                         "reports the reward model's Spearman against the grades (evaluation "
@@ -138,3 +139,5 @@ class RoundConfig:
             raise InputError(f"pubmedqa_gate must be prior_aligned or raw, got {self.pubmedqa_gate!r}", path=path)
         if self.samples_per_prompt < 2 or self.eval_samples < 2:
             raise InputError("samples_per_prompt and eval_samples must be at least 2", path=path)
+        if self.reward_rated and not Path(self.reward_rated).is_file():  # fail before the round's first stage
+            raise InputError(f"reward_rated: graded answers file not found: {self.reward_rated}", path=path)

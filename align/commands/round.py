@@ -29,6 +29,8 @@ def demo_cmd(
     config: Annotated[str, typer.Option(help="Round config YAML.")] = "configs/demo/round.yaml",
     output_dir: Annotated[str | None, typer.Option(help="Where the round's artefacts go.")] = None,
     policy_stage: Annotated[str | None, typer.Option(help="dpo (default) or ppo.")] = None,
+    rated: Annotated[str | None, typer.Option(help="Experts' graded answers (JSONL): the round reports its reward "
+                                              "model's Spearman against them (read for evaluation only).")] = None,
 ) -> None:
     """One full round on CPU: MedQuAD/K-QA prompts → pairs → simulated feedback → reward model → DPO → eval.
 
@@ -36,5 +38,6 @@ def demo_cmd(
     from align.recipes.recipe_utils import key_value_args
 
     overrides = key_value_args(list(ctx.args), typed=True)
-    overrides |= {k: v for k, v in {"output_dir": output_dir, "policy_stage": policy_stage}.items() if v}
+    overrides |= {k: v for k, v in {"output_dir": output_dir, "policy_stage": policy_stage,
+                                    "reward_rated": rated}.items() if v}
     _run(config, overrides)

@@ -29,3 +29,12 @@ def test_demo_refuses_an_unknown_key_before_doing_anything(tmp_path, capsys):
     assert main(["demo", "--output-dir", str(tmp_path / "round"), "--test_promptz", "3"]) == 2
     assert "unknown keys ['test_promptz']" in capsys.readouterr().err
     assert not (tmp_path / "round").exists()
+
+
+def test_demo_rated_file_is_checked_before_doing_anything(tmp_path, capsys):
+    from align.cli import main
+
+    missing = tmp_path / "grades.jsonl"
+    assert main(["demo", "--output-dir", str(tmp_path / "round"), "--rated", str(missing)]) == 2
+    assert f"graded answers file not found: {missing}" in capsys.readouterr().err
+    assert not (tmp_path / "round").exists()

@@ -242,10 +242,8 @@ def run_arm(arm: str, seed: int, x: np.ndarray, y: np.ndarray, groups: list[int]
             else:
                 heads = [w]
             margins = np.stack([x[rest] @ h for h in heads], axis=1)
-            feats = x[rest].tolist() if arm == "density" else [None] * len(rest)
-            cands = [Candidate(str(i), prompts_text[groups[i]], tuple(m), group=str(groups[i]),
-                               features=None if f is None else tuple(f))
-                     for i, m, f in zip(rest, margins.tolist(), feats, strict=True)]
+            cands = [Candidate(str(i), prompts_text[groups[i]], tuple(m), group=str(groups[i]), features=tuple(f))
+                     for i, m, f in zip(rest, margins.tolist(), x[rest].tolist(), strict=True)]
             take = [int(s.pair_id) for s in rank_candidates(cands, batch, max_per_group=1,
                                                             disagreement_weight=ARM_WEIGHT.get(arm, 0.0),
                                                             density_power=1.0 if arm == "density" else 0.0)]

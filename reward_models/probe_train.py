@@ -57,40 +57,53 @@ class StudyData:
 
 
 def study_data(config_path: str, folds: int = 5) -> StudyData:
-    """Load a probe config's backbone and pairs exactly as `train_probe` does (relative dataset paths
-    resolve against the repository root)."""
-    import torch
-    from transformers import AutoModel, AutoTokenizer
-
-    from reward_models.backbones import resolve_backbone
-    from reward_models.train import encode_pairs, load_rows, parse_config, reward_format
+    """Load a probe config's backbone and pairs as `train_probe` does (relative dataset paths resolve
+    against the repository root)."""
+    from reward_models.train import load_rows, parse_config, reward_format
 
     script, train_args, model_args = parse_config(config_path)
     if script.dataset_path and not Path(script.dataset_path).is_absolute():
         script.dataset_path = str(Path(__file__).resolve().parent.parent / script.dataset_path)
-    path = resolve_backbone(model_args.model_name_or_path)
-    tok = AutoTokenizer.from_pretrained(path)
-    backbone = AutoModel.from_pretrained(path, dtype=torch.bfloat16).eval()
+    _, _, tok, backbone = _backbone(model_args)
     rows, _ = load_rows(script, config_path, train_args.seed)
     fmt = reward_format(script, train_args, tok, config_path)
-    cols, stats = encode_pairs(rows, tok, fmt, script, keep_index=True)
-    kept = [rows[i] for i in stats["kept"]]
-    seqs = [s for pair in zip(cols["chosen_ids"], cols["rejected_ids"], strict=True) for s in pair]
-    marker = _marker(tok, fmt, seqs, kept, config_path)
+    kept, seqs, marker, _ = _encode(rows, tok, fmt, script, config_path)
     keys = [probe.conversation_key(r) for r in kept]
     return StudyData(tok, backbone, kept, seqs, marker, probe.grouped_folds(keys, folds, train_args.seed))
 
 
-def train_probe(config_path: str, script, train_args, model_args) -> Path:
-    """Fit, save and evaluate a probe reward model; returns its folder."""
+def _backbone(model_args):
+    """(spec, path, tokenizer, base decoder in the config's dtype; auto: bf16 where the CPU has it)."""
     import torch
-    from rich.progress import Progress
     from transformers import AutoModel, AutoTokenizer
 
     from clinalign_base.models import preferred_dtype
     from reward_models.backbones import resolve_backbone
+
+    spec = model_args.model_name_or_path
+    path = resolve_backbone(spec)
+    dtype = getattr(torch, preferred_dtype() if model_args.dtype in (None, "auto") else model_args.dtype)
+    return spec, path, AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path, dtype=dtype).eval()
+
+
+def _encode(rows: list[dict], tok, fmt, script, config_path: str) -> tuple[list[dict], list[list[int]], list[int], dict]:
+    """(pairs kept, their chosen/rejected ids interleaved, the separator's ids, truncation counts)."""
+    from reward_models.train import encode_pairs
+
+    cols, stats = encode_pairs(rows, tok, fmt, script, keep_index=True)
+    if stats["n_used"] < 2:
+        raise InputError(f"{stats['n_used']} training pairs left after cutting to max_length={fmt.max_length}; "
+                         f"a probe needs at least 2", path=script.dataset_path or config_path)
+    kept = [rows[i] for i in stats.pop("kept")]
+    seqs = [s for pair in zip(cols["chosen_ids"], cols["rejected_ids"], strict=True) for s in pair]
+    return kept, seqs, _marker(tok, fmt, seqs, kept, config_path), stats
+
+
+def train_probe(config_path: str, script, train_args, model_args) -> Path:
+    """Fit, save and evaluate a probe reward model; returns its folder."""
+    from rich.progress import Progress
+
     from reward_models.train import (
-        encode_pairs,
         load_rows,
         pairwise_accuracy,
         reward_format,
@@ -103,24 +116,14 @@ def train_probe(config_path: str, script, train_args, model_args) -> Path:
     out = Path(train_args.output_dir)
     if out.exists() and not script.overwrite:
         raise ClinalignError(f"output_dir '{out}' exists (set overwrite: true to replace it)")
-    spec = model_args.model_name_or_path
-    path = resolve_backbone(spec)
-    dtype = getattr(torch, preferred_dtype() if model_args.dtype in (None, "auto") else model_args.dtype)
-    tok = AutoTokenizer.from_pretrained(path)
-    backbone = AutoModel.from_pretrained(path, dtype=dtype).eval()
+    spec, path, tok, backbone = _backbone(model_args)
     if max(script.probe_layers) > backbone.config.num_hidden_layers:
         raise InputError(f"probe_layers {script.probe_layers}: the backbone has "
                          f"{backbone.config.num_hidden_layers} layers", path=config_path)
     rows, built = load_rows(script, config_path, train_args.seed)
     train_rows, eval_rows = split_rows(rows, script, train_args.seed)
     fmt = reward_format(script, train_args, tok, config_path)
-    cols, stats = encode_pairs(train_rows, tok, fmt, script, keep_index=True)
-    if stats["n_used"] < 2:
-        raise InputError(f"{stats['n_used']} training pairs left after cutting to max_length={fmt.max_length}; "
-                         f"a probe needs at least 2", path=script.dataset_path or config_path)
-    kept = [train_rows[i] for i in stats.pop("kept")]
-    seqs = [s for pair in zip(cols["chosen_ids"], cols["rejected_ids"], strict=True) for s in pair]
-    marker = _marker(tok, fmt, seqs, kept, config_path)
+    kept, seqs, marker, stats = _encode(train_rows, tok, fmt, script, config_path)
 
     started = time.perf_counter()
     with Progress(transient=True) as bar:

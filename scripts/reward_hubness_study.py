@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clinalign_base.stats import percentile_interval
 from reward_models.backbones import embed_texts
 from reward_models.evaluate import zero_shot_scorer
 from reward_models.medical_pairs import QA, answer_sha, load_corpus, load_exclusions
@@ -57,7 +58,8 @@ def knn_mean(x: np.ndarray, bank: np.ndarray, k: int) -> np.ndarray:
     return np.sort(x @ bank.T, axis=1)[:, -k:].mean(1)
 
 
-def paired_delta(base: np.ndarray, other: np.ndarray, grades: np.ndarray, qs: np.ndarray, seed: int) -> list[float]:
+def paired_delta(base: np.ndarray, other: np.ndarray, grades: np.ndarray, qs: np.ndarray,
+                 seed: int) -> tuple[float, float]:
     """95% bootstrap CI over questions of Spearman(other) - Spearman(base)."""
     rng = np.random.default_rng(seed)
     uniq = np.unique(qs)
@@ -66,7 +68,7 @@ def paired_delta(base: np.ndarray, other: np.ndarray, grades: np.ndarray, qs: np
     for _ in range(N_BOOT):
         idx = np.concatenate([rows[q] for q in rng.choice(uniq, len(uniq))])
         deltas.append(spearman(other[idx], grades[idx]) - spearman(base[idx], grades[idx]))
-    return [float(np.quantile(deltas, 0.025)), float(np.quantile(deltas, 0.975))]
+    return percentile_interval(np.asarray(deltas), 0.05)
 
 
 def main() -> None:
@@ -79,7 +81,8 @@ def main() -> None:
     random.Random(0).shuffle(topics)
     ids = list(range(len(corpus)))
     random.Random(0).shuffle(ids)
-    splits = {"by topic": {i for i, qa in enumerate(corpus) if qa.topic in set(topics[:len(topics) // 5])},
+    held_topics = set(topics[:len(topics) // 5])
+    splits = {"by topic": {i for i, qa in enumerate(corpus) if qa.topic in held_topics},
               "by question": set(ids[:len(ids) // 5])}
     print(f"{len(corpus)} questions; Spearman over all graded answers (95% CI of the change, paired over questions)")
     for split, held_set in splits.items():
